@@ -1,0 +1,39 @@
+"""Shared plumbing for implementations whose backward is torch.autograd."""
+
+from __future__ import annotations
+
+import torch
+
+from harness.impl import Grads, Impl, Outputs
+from harness.problem import LayerWeights
+
+
+class AutogradImpl(Impl):
+    """Forward builds an autograd graph over `self.parameters()`; backward asks autograd.
+
+    Subclasses implement `_forward(x, h0, c0) -> (y, h_n, c_n)` on inputs that require grad,
+    and `parameters()` returning per-layer LayerWeights of leaf tensors in canonical layout.
+    """
+
+    def parameters(self) -> list[LayerWeights]:
+        raise NotImplementedError
+
+    def _forward(self, x, h0, c0):
+        raise NotImplementedError
+
+    def forward(self, x, h0, c0) -> Outputs:
+        self._leaves = [t.detach().requires_grad_(True) for t in (x, h0, c0)]
+        with torch.enable_grad():
+            self._outputs = self._forward(*self._leaves)
+        return Outputs(*(t.detach() for t in self._outputs))
+
+    def backward(self, dy, dh_n, dc_n) -> Grads:
+        params = [t for layer in self.parameters() for t in layer.tensors()]
+        # Autograd returns None for a tensor that did not take part; a zero gradient is right.
+        grads = torch.autograd.grad(self._outputs, self._leaves + params, (dy, dh_n, dc_n),
+                                    allow_unused=True)
+        grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, self._leaves + params)]
+        self._outputs = self._leaves = None  # the graph is spent; free it now
+        dx, dh0, dc0, *flat = grads
+        layers = [LayerWeights(*flat[4 * l: 4 * l + 4]) for l in range(len(flat) // 4)]
+        return Grads(dx, dh0, dc0, layers)

@@ -1,0 +1,87 @@
+"""The implementation contract: what an LSTM must provide to be validated and timed.
+
+Life cycle, as the harness drives it:
+    impl = ImplClass(problem, weights)      # convert canonical weights once, never timed
+    out = impl.forward(x, h0, c0)           # training-mode forward, keeps what backward needs
+    grads = impl.backward(dy, dh_n, dc_n)   # gradients of the last forward, canonical layout
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from harness.problem import LayerWeights, Problem
+
+
+@dataclass(frozen=True)
+class Support:
+    ok: bool
+    reason: str = ""
+
+    @classmethod
+    def yes(cls) -> Support:
+        return cls(True)
+
+    @classmethod
+    def no(cls, reason: str) -> Support:
+        return cls(False, reason)
+
+
+@dataclass
+class Outputs:
+    y: torch.Tensor  # [T, B, H]
+    h_n: torch.Tensor  # [L, B, H]
+    c_n: torch.Tensor  # [L, B, H]
+
+    def named(self) -> dict[str, torch.Tensor]:
+        return {"y": self.y, "h_n": self.h_n, "c_n": self.c_n}
+
+
+@dataclass
+class Grads:
+    dx: torch.Tensor
+    dh0: torch.Tensor
+    dc0: torch.Tensor
+    weights: list[LayerWeights]  # d/dW_ih, d/dW_hh, d/db_ih, d/db_hh per layer
+
+    def named(self) -> dict[str, torch.Tensor]:
+        named = {"dx": self.dx, "dh0": self.dh0, "dc0": self.dc0}
+        for layer, grads in enumerate(self.weights):
+            for field in LayerWeights.FIELDS:
+                named[f"d{field}[{layer}]"] = getattr(grads, field)
+        return named
+
+
+class Impl(abc.ABC):
+    """Base class of every LSTM implementation.
+
+    Subclasses set `name` and `description`, and may override `supports` and `backend`.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    def __init__(self, problem: Problem, weights: list[LayerWeights]) -> None:
+        self.problem = problem
+
+    @classmethod
+    def supports(cls, problem: Problem) -> Support:
+        """Whether this implementation can run `problem` here, and why not."""
+        return Support.yes()
+
+    @classmethod
+    def backend(cls, problem: Problem) -> str:
+        """Label of what actually computes on `problem`'s device (kernel library, version)."""
+        return "PyTorch " + torch.__version__
+
+    @abc.abstractmethod
+    def forward(self, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor) -> Outputs:
+        ...
+
+    @abc.abstractmethod
+    def backward(self, dy: torch.Tensor, dh_n: torch.Tensor, dc_n: torch.Tensor) -> Grads:
+        ...

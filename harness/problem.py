@@ -1,0 +1,148 @@
+"""One grid point (`Problem`) and the seeded canonical tensors every implementation receives.
+
+Canonical layout is torch.nn.LSTM's: time-major x[T, B, I], h0/c0[L, B, H], and per layer
+W_ih[4H, I_l], W_hh[4H, H], b_ih[4H], b_hh[4H] with gates ordered i, f, g, o.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+
+# Storage dtype per precision mode. Kept here so the problem, the agreement table and the
+# option parser all agree on which modes exist.
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+DEVICES = ("cpu", "cuda")
+PHASES = ("forward", "backward", "total")
+
+
+class ProblemError(ValueError):
+    """A problem field is out of range; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    batch: int
+    length: int
+    input_size: int
+    hidden: int
+    layers: int
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for name in ("batch", "length", "input_size", "hidden", "layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ProblemError(f"{name} must be a positive integer, got {value!r}")
+        if self.dtype not in DTYPES:
+            raise ProblemError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.device not in DEVICES:
+            raise ProblemError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def id(self) -> str:
+        return (f"B{self.batch}-T{self.length}-I{self.input_size}-H{self.hidden}"
+                f"-L{self.layers}-{self.dtype}-{self.device}")
+
+    @property
+    def shape(self) -> str:
+        """Human-readable shape for report headings."""
+        return (f"batch {self.batch}, length {self.length}, {self.layers} layer(s), "
+                f"input {self.input_size}, hidden {self.hidden}, {self.dtype}")
+
+    def layer_input_size(self, layer: int) -> int:
+        return self.input_size if layer == 0 else self.hidden
+
+    def flops(self, phase: str) -> int:
+        """GEMM FLOPs of one phase. Forward per layer: 2*T*B*4H*(I_l + H).
+
+        Backward does the four GEMM families of the same sizes (dx, dh, dW_ih, dW_hh):
+        twice the forward. Element-wise gate math is not counted.
+        """
+        forward = sum(
+            2 * self.length * self.batch * 4 * self.hidden * (self.layer_input_size(l) + self.hidden)
+            for l in range(self.layers)
+        )
+        factor = {"forward": 1, "backward": 2, "total": 3}
+        if phase not in factor:
+            raise ValueError(f"unknown phase {phase!r}; phases are {', '.join(PHASES)}")
+        return forward * factor[phase]
+
+    def replace(self, **changes) -> Problem:
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class LayerWeights:
+    w_ih: torch.Tensor  # [4H, I_l]
+    w_hh: torch.Tensor  # [4H, H]
+    b_ih: torch.Tensor  # [4H]
+    b_hh: torch.Tensor  # [4H]
+
+    FIELDS = ("w_ih", "w_hh", "b_ih", "b_hh")
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [getattr(self, f) for f in self.FIELDS]
+
+    def map(self, fn) -> LayerWeights:
+        return LayerWeights(*(fn(t) for t in self.tensors()))
+
+
+@dataclass
+class Inputs:
+    """Everything one forward + backward consumes, identical for every implementation."""
+
+    x: torch.Tensor  # [T, B, I]
+    h0: torch.Tensor  # [L, B, H]
+    c0: torch.Tensor  # [L, B, H]
+    weights: list[LayerWeights]
+    dy: torch.Tensor  # upstream gradient of y [T, B, H]
+    dh_n: torch.Tensor  # upstream gradient of h_n [L, B, H]
+    dc_n: torch.Tensor  # upstream gradient of c_n [L, B, H]
+
+    def to(self, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> Inputs:
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device=device, dtype=dtype).contiguous()
+
+        return Inputs(move(self.x), move(self.h0), move(self.c0),
+                      [w.map(move) for w in self.weights],
+                      move(self.dy), move(self.dh_n), move(self.dc_n))
+
+
+def make_inputs(problem: Problem, seed: int = 0) -> Inputs:
+    """Seeded tensors for `problem`, in its dtype and on its device.
+
+    Everything is drawn uniform in +-1/sqrt(H) (nn.LSTM's weight init) on the CPU in float64
+    from one generator, then rounded to the problem's dtype, so a given (problem, seed) is the
+    same data on every machine and the float64 reference can start from the very same values.
+    Nothing is zero: zeros can run faster than real data and hide bugs.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    bound = 1.0 / math.sqrt(problem.hidden)
+    T, B, H, L = problem.length, problem.batch, problem.hidden, problem.layers
+
+    def draw(*shape: int) -> torch.Tensor:
+        t = (torch.rand(*shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound
+        # Exact zeros have probability ~0, but make the promise unconditional.
+        return torch.where(t == 0, torch.full_like(t, bound / 2), t)
+
+    weights = [
+        LayerWeights(draw(4 * H, problem.layer_input_size(l)), draw(4 * H, H), draw(4 * H), draw(4 * H))
+        for l in range(L)
+    ]
+    inputs = Inputs(
+        x=draw(T, B, problem.input_size), h0=draw(L, B, H), c0=draw(L, B, H), weights=weights,
+        dy=draw(T, B, H), dh_n=draw(L, B, H), dc_n=draw(L, B, H),
+    )
+    return inputs.to(dtype=problem.torch_dtype, device=problem.device)

@@ -1,0 +1,64 @@
+"""The float64 reference every implementation is checked against.
+
+Written as plainly as possible (textbook equations, one step at a time, autograd for the
+gradients) so that it is easy to trust; tests check it against torch.nn.LSTM in float64.
+It starts from the problem's own (already rounded) inputs, so the only difference an
+implementation can show is its arithmetic.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from harness.impl import Grads, Outputs
+from harness.problem import Inputs, LayerWeights, Problem, make_inputs
+
+
+def lstm_forward(x, h0, c0, weights: list[LayerWeights]):
+    """y, h_n, c_n of a multi-layer LSTM, gate by gate (i, f, g, o as in torch.nn.LSTM)."""
+    layer_input = x
+    h_last, c_last = [], []
+    for layer, w in enumerate(weights):
+        # Per-gate input weights W, recurrent weights U and biases, as the textbook writes them.
+        W, U = w.w_ih.chunk(4), w.w_hh.chunk(4)
+        b = (w.b_ih + w.b_hh).chunk(4)
+
+        def gate(k, x_t, h):
+            return x_t @ W[k].T + h @ U[k].T + b[k]
+
+        h, c = h0[layer], c0[layer]
+        steps = []
+        for x_t in layer_input:
+            input_gate = torch.sigmoid(gate(0, x_t, h))
+            forget_gate = torch.sigmoid(gate(1, x_t, h))
+            candidate = torch.tanh(gate(2, x_t, h))
+            output_gate = torch.sigmoid(gate(3, x_t, h))
+            c = forget_gate * c + input_gate * candidate
+            h = output_gate * torch.tanh(c)
+            steps.append(h)
+        layer_input = torch.stack(steps)
+        h_last.append(h)
+        c_last.append(c)
+    return layer_input, torch.stack(h_last), torch.stack(c_last)
+
+
+def compute_reference(inputs: Inputs) -> tuple[Outputs, Grads]:
+    """Outputs and every gradient, in float64, on the inputs' device."""
+    ref = inputs.to(dtype=torch.float64)
+    leaves = [ref.x, ref.h0, ref.c0] + [t for w in ref.weights for t in w.tensors()]
+    for t in leaves:
+        t.requires_grad_(True)
+    with torch.enable_grad():
+        y, h_n, c_n = lstm_forward(ref.x, ref.h0, ref.c0, ref.weights)
+        grads = torch.autograd.grad([y, h_n, c_n], leaves, [ref.dy, ref.dh_n, ref.dc_n])
+    dx, dh0, dc0, *flat = grads
+    per_layer = [LayerWeights(*flat[4 * l: 4 * l + 4]) for l in range(len(ref.weights))]
+    return Outputs(y.detach(), h_n.detach(), c_n.detach()), Grads(dx, dh0, dc0, per_layer)
+
+
+@functools.lru_cache(maxsize=4)
+def reference_for(problem: Problem, seed: int = 0) -> tuple[Outputs, Grads]:
+    """Reference for a problem's seeded inputs, computed once per session."""
+    return compute_reference(make_inputs(problem, seed))

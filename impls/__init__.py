@@ -1,0 +1,1 @@
+"""In-tree LSTM implementations; each module registers itself with @harness.register."""

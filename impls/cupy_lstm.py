@@ -1,0 +1,242 @@
+"""`cupy`: the fused algorithm, hand-written once against an array module.
+
+On CUDA the array module is CuPy: the gate math and its derivative are one ElementwiseKernel
+each per step, GEMMs go to cuBLAS, and tensors pass between torch and CuPy through DLPack
+without copies. On the CPU (or without CuPy) the very same loop runs on NumPy with ufuncs,
+so everything but the two kernels is tested on machines without a GPU. The backend label
+says which one ran.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from harness.impl import Grads, Impl, Outputs, Support
+from harness.problem import LayerWeights, Problem
+from harness.registry import register
+from impls.fused import gate_permutation
+
+try:  # optional extra: pip install 'lstm-harness[cuda]'
+    import cupy
+except Exception:  # noqa: BLE001 - any import failure just means "no CuPy here"
+    cupy = None
+
+
+def cupy_usable() -> tuple[bool, str]:
+    if cupy is None:
+        return False, "CuPy is not installed (pip install 'lstm-harness[cuda]')"
+    try:
+        if not cupy.cuda.is_available():
+            return False, "CuPy is installed but sees no CUDA device"
+    except Exception as exc:  # noqa: BLE001
+        return False, f"CuPy cannot query CUDA: {exc}"
+    return True, ""
+
+
+class UfuncGateMath:
+    """Per-step element-wise work written with array-module ufuncs (NumPy or CuPy).
+
+    Layout of a gate block row: i, f, o, g (H columns each).
+    """
+
+    def __init__(self, xp, batch: int, hidden: int, dtype) -> None:
+        self.xp, self.H = xp, hidden
+        self.tmp = xp.empty((batch, hidden), dtype=dtype)
+        self.scratch = xp.empty((batch, 4 * hidden), dtype=dtype)
+
+    def forward(self, gates, rec, c_prev, c, tanh_c, h) -> None:
+        """gates holds the input projection; add `rec`, activate in place, then c, tanh(c), h."""
+        xp, H = self.xp, self.H
+        gates += rec
+        s = gates[:, :3 * H]
+        xp.negative(s, out=s)
+        xp.exp(s, out=s)
+        s += 1
+        xp.reciprocal(s, out=s)
+        xp.tanh(gates[:, 3 * H:], out=gates[:, 3 * H:])
+        i, f, o, g = (gates[:, k * H:(k + 1) * H] for k in range(4))
+        xp.multiply(f, c_prev, out=c)
+        xp.multiply(i, g, out=self.tmp)
+        c += self.tmp
+        xp.tanh(c, out=tanh_c)
+        xp.multiply(o, tanh_c, out=h)
+
+    def backward(self, gates, c_prev, tanh_c, dh, dc, d_gates) -> None:
+        """From dh (already holding dy_t) and dc: pre-activation gradients into d_gates, dc -> dc_{t-1}."""
+        xp, H, tmp, d = self.xp, self.H, self.tmp, self.scratch
+        i, f, o, g = (gates[:, k * H:(k + 1) * H] for k in range(4))
+        # dc += dh * o * (1 - tanh(c)^2)
+        xp.multiply(tanh_c, tanh_c, out=tmp)
+        xp.subtract(1, tmp, out=tmp)
+        tmp *= o
+        tmp *= dh
+        dc += tmp
+        xp.multiply(dc, g, out=d[:, :H])  # d i
+        xp.multiply(dc, c_prev, out=d[:, H:2 * H])  # d f
+        xp.multiply(dh, tanh_c, out=d[:, 2 * H:3 * H])  # d o
+        xp.multiply(dc, i, out=d[:, 3 * H:])  # d g
+        # Through the nonlinearities: s(1 - s) for i, f, o and 1 - g^2 for g.
+        xp.multiply(gates, gates, out=d_gates)
+        xp.subtract(gates[:, :3 * H], d_gates[:, :3 * H], out=d_gates[:, :3 * H])
+        xp.subtract(1, d_gates[:, 3 * H:], out=d_gates[:, 3 * H:])
+        d_gates *= d
+        dc *= f  # dc_{t-1}
+
+
+_FORWARD_KERNEL = r"""
+    const ptrdiff_t b = i / H, j = i % H, base = b * 4 * H + j;
+    T ig = gates[base] + rec[base];
+    T fg = gates[base + H] + rec[base + H];
+    T og = gates[base + 2 * H] + rec[base + 2 * H];
+    T gg = gates[base + 3 * H] + rec[base + 3 * H];
+    ig = 1 / (1 + exp(-ig)); fg = 1 / (1 + exp(-fg)); og = 1 / (1 + exp(-og)); gg = tanh(gg);
+    gates[base] = ig; gates[base + H] = fg; gates[base + 2 * H] = og; gates[base + 3 * H] = gg;
+    c = fg * c_prev + ig * gg;
+    tanh_c = tanh(c);
+    h = og * tanh_c;
+"""
+
+_BACKWARD_KERNEL = r"""
+    const ptrdiff_t b = i / H, j = i % H, base = b * 4 * H + j;
+    const T ig = gates[base], fg = gates[base + H], og = gates[base + 2 * H], gg = gates[base + 3 * H];
+    const T dct = dc + dh * og * (1 - tanh_c * tanh_c);
+    d_gates[base] = dct * gg * ig * (1 - ig);
+    d_gates[base + H] = dct * c_prev * fg * (1 - fg);
+    d_gates[base + 2 * H] = dh * tanh_c * og * (1 - og);
+    d_gates[base + 3 * H] = dct * ig * (1 - gg * gg);
+    dc = dct * fg;
+"""
+
+
+class CupyGateMath:
+    """The same two steps as UfuncGateMath, each one CUDA kernel launch."""
+
+    _kernels: dict = {}
+
+    def __init__(self, xp, batch: int, hidden: int, dtype) -> None:
+        self.H = np.int32(hidden)
+        if not self._kernels:
+            self._kernels["forward"] = cupy.ElementwiseKernel(
+                "raw T rec, T c_prev, int32 H", "raw T gates, T c, T tanh_c, T h",
+                _FORWARD_KERNEL, "lstm_gates_forward")
+            self._kernels["backward"] = cupy.ElementwiseKernel(
+                "raw T gates, T c_prev, T tanh_c, T dh, int32 H", "raw T d_gates, T dc",
+                _BACKWARD_KERNEL, "lstm_gates_backward")
+
+    def forward(self, gates, rec, c_prev, c, tanh_c, h) -> None:
+        self._kernels["forward"](rec, c_prev, self.H, gates, c, tanh_c, h)
+
+    def backward(self, gates, c_prev, tanh_c, dh, dc, d_gates) -> None:
+        self._kernels["backward"](gates, c_prev, tanh_c, dh, self.H, d_gates, dc)
+
+
+def _on_cupy(problem: Problem) -> bool:
+    return problem.device == "cuda" and cupy_usable()[0]
+
+
+@register
+class CupyLSTM(Impl):
+    name = "cupy"
+    description = "fused design on an array module: CuPy kernels + cuBLAS on CUDA, NumPy on the CPU"
+
+    @classmethod
+    def supports(cls, problem: Problem) -> Support:
+        if problem.device == "cuda":
+            ok, reason = cupy_usable()
+            if not ok:
+                return Support.no(reason)
+        return Support.yes()
+
+    @classmethod
+    def backend(cls, problem: Problem) -> str:
+        if _on_cupy(problem):
+            return f"CuPy {cupy.__version__} kernels + cuBLAS (CUDA)"
+        why = "device is the CPU" if problem.device == "cpu" else cupy_usable()[1]
+        return f"NumPy {np.__version__} backend ({why})"
+
+    def __init__(self, problem: Problem, weights: list[LayerWeights]) -> None:
+        super().__init__(problem, weights)
+        self.xp = cupy if _on_cupy(problem) else np
+        self.math_cls = CupyGateMath if self.xp is not np else UfuncGateMath
+        perm = gate_permutation(problem.hidden).to(problem.device)
+        self.inverse_perm = np.argsort(perm.cpu().numpy())
+        self.layers = []
+        for w in weights:
+            w_x, w_h = w.w_ih[perm], w.w_hh[perm]
+            self.layers.append({
+                "w_x_t": self._array(w_x.t()),  # [I, 4H]
+                "w_h_t": self._array(w_h.t()),  # [H, 4H]
+                "w_h": self._array(w_h),  # [4H, H]
+                "bias": self._array((w.b_ih + w.b_hh)[perm]),
+            })
+        self.shape = None
+
+    # DLPack both ways: the arrays share memory with the torch tensors.
+    def _array(self, t: torch.Tensor):
+        return self.xp.from_dlpack(t.detach().contiguous())
+
+    @staticmethod
+    def _tensor(a) -> torch.Tensor:
+        return torch.from_dlpack(a)
+
+    def _buffers(self, T: int, B: int, dtype) -> None:
+        if self.shape == (T, B):
+            return
+        xp, H = self.xp, self.problem.hidden
+        for layer in self.layers:
+            layer["gates"] = xp.empty((T, B, 4 * H), dtype=dtype)
+            layer["h"] = xp.empty((T + 1, B, H), dtype=dtype)  # h[0] = h_0
+            layer["c"] = xp.empty((T + 1, B, H), dtype=dtype)  # c[0] = c_0
+            layer["tanh_c"] = xp.empty((T, B, H), dtype=dtype)
+            layer["d_gates"] = xp.empty((T, B, 4 * H), dtype=dtype)
+        self.rec = xp.empty((B, 4 * H), dtype=dtype)
+        self.math = self.math_cls(xp, B, H, dtype)
+        self.shape = (T, B)
+
+    def forward(self, x, h0, c0) -> Outputs:
+        xp = self.xp
+        x, h0, c0 = self._array(x), self._array(h0), self._array(c0)
+        T, B = x.shape[:2]
+        self._buffers(T, B, x.dtype)
+        self.x = x
+        layer_input = x
+        for l, layer in enumerate(self.layers):
+            gates, h, c, tanh_c = layer["gates"], layer["h"], layer["c"], layer["tanh_c"]
+            flat = gates.reshape(T * B, -1)
+            xp.matmul(layer_input.reshape(T * B, -1), layer["w_x_t"], out=flat)  # all steps, one GEMM
+            flat += layer["bias"]
+            h[0], c[0] = h0[l], c0[l]
+            for t in range(T):
+                xp.matmul(h[t], layer["w_h_t"], out=self.rec)
+                self.math.forward(gates[t], self.rec, c[t], c[t + 1], tanh_c[t], h[t + 1])
+            layer_input = h[1:]
+        h_n = xp.stack([layer["h"][T] for layer in self.layers])
+        c_n = xp.stack([layer["c"][T] for layer in self.layers])
+        return Outputs(self._tensor(layer_input), self._tensor(h_n), self._tensor(c_n))
+
+    def backward(self, dy, dh_n, dc_n) -> Grads:
+        xp, H = self.xp, self.problem.hidden
+        T, B = self.shape
+        d_out, dh_n, dc_n = self._array(dy), self._array(dh_n), self._array(dc_n)
+        dh0, dc0 = xp.empty_like(dh_n), xp.empty_like(dc_n)
+        grads: list[LayerWeights] = [None] * len(self.layers)
+        inv = self.inverse_perm
+        for l in reversed(range(len(self.layers))):
+            layer = self.layers[l]
+            gates, d_gates, c, tanh_c = layer["gates"], layer["d_gates"], layer["c"], layer["tanh_c"]
+            dh, dc = dh_n[l].copy(), dc_n[l].copy()
+            for t in reversed(range(T)):
+                dh += d_out[t]
+                self.math.backward(gates[t], c[t], tanh_c[t], dh, dc, d_gates[t])
+                xp.matmul(d_gates[t], layer["w_h"], out=dh)  # dh_{t-1}
+            dh0[l], dc0[l] = dh, dc
+            flat = d_gates.reshape(T * B, 4 * H)
+            layer_input = (self.x if l == 0 else self.layers[l - 1]["h"][1:]).reshape(T * B, -1)
+            d_w_h = flat.T @ layer["h"][:T].reshape(T * B, H)  # recurrent-weight gradient: ONE GEMM
+            d_w_x = flat.T @ layer_input
+            d_b = flat.sum(axis=0)[inv]
+            grads[l] = LayerWeights(*(self._tensor(xp.ascontiguousarray(a))
+                                      for a in (d_w_x[inv], d_w_h[inv], d_b, d_b.copy())))
+            d_out = (flat @ layer["w_x_t"].T).reshape(T, B, -1)
+        return Grads(self._tensor(d_out), self._tensor(dh0), self._tensor(dc0), grads)
