@@ -76,7 +76,7 @@ class Impl(abc.ABC):
     @classmethod
     def backend(cls, problem: Problem) -> str:
         """Label of what actually computes on `problem`'s device (kernel library, version)."""
-        return "PyTorch " + torch.__version__
+        return f"PyTorch {torch.__version__} ops ({problem.device})"
 
     @abc.abstractmethod
     def forward(self, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor) -> Outputs:

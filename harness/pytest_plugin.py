@@ -1,0 +1,115 @@
+"""pytest plugin: the --lstm-* options, the grid parametrisation, and what goes into the results.
+
+Loaded through the `pytest11` entry point, so `pytest suites/` has it with no conftest magic.
+It only acts on tests that ask for the `lstm_point` or `lstm_case` fixtures.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness import environment
+from harness.grid import DEVICE_CHOICES, GRID_CHOICES, GridError
+from harness.problem import DTYPES
+from harness.registry import RegistryError
+from harness.session import BenchSession, Settings
+
+RESULTS_KEY = "lstm_harness"
+SESSION = pytest.StashKey[BenchSession]()
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("lstm", "LSTM benchmark harness")
+    add = group.addoption
+    add("--lstm-grid", default="auto", metavar="NAME",
+        help=f"named grid: {', '.join(GRID_CHOICES)} (auto: seed on CUDA, cpu on the CPU)")
+    add("--lstm-batch", metavar="N[,N...]", help="batch sizes, replacing the grid's")
+    add("--lstm-length", metavar="N[,N...]", help="sequence lengths, replacing the grid's")
+    add("--lstm-hidden", metavar="N[,N...]", help="hidden sizes, replacing the grid's")
+    add("--lstm-input", metavar="N[,N...]", help="input widths (default: the grid's, or = hidden)")
+    add("--lstm-layers", metavar="N[,N...]", help="layer counts, replacing the grid's")
+    add("--lstm-dtype", metavar="DTYPE[,...]", help=f"precision modes: {', '.join(DTYPES)} (default float32)")
+    add("--lstm-impls", metavar="NAME[,...]", help="implementations to run (default: every registered one)")
+    add("--lstm-device", default="auto", metavar="DEVICE",
+        help=f"{', '.join(DEVICE_CHOICES)} (auto: CUDA when a GPU is visible, else the CPU)")
+    add("--lstm-plugin", action="append", default=[], metavar="MODULE",
+        help="import MODULE so its @register implementations join the run (repeatable)")
+    add("--lstm-seed", metavar="N", help="seed of the generated inputs, weights and upstream gradients (default 0)")
+    add("--lstm-rounds", metavar="N", help="timed rounds per measurement (default: fit --lstm-max-time)")
+    add("--lstm-min-rounds", metavar="N", help="at least this many timed rounds (default 5)")
+    add("--lstm-warmup", metavar="N", help="untimed warm-up rounds before timing (default 1)")
+    add("--lstm-max-time", metavar="SECONDS", help="time budget that sizes the rounds (default 1.0)")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-benchmark reads its options
+def pytest_configure(config):
+    try:
+        settings = Settings.from_options(config.getoption)
+    except (GridError, RegistryError, ValueError) as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[SESSION] = BenchSession(settings)
+    # Every run is kept, with raw timings, under .benchmarks/ (file NNNN_lstm-<grid>-<device>.json)
+    # so `python -m harness.report` with no argument finds the newest one.
+    if hasattr(config.option, "benchmark_autosave") and not config.option.benchmark_autosave:
+        config.option.benchmark_autosave = f"lstm-{settings.grid.name}-{settings.device}"
+        config.option.benchmark_save_data = True
+
+
+def bench_session(config) -> BenchSession:
+    return config.stash[SESSION]
+
+
+def pytest_report_header(config):
+    s = bench_session(config).settings
+    overrides = ", ".join(f"{k}={','.join(map(str, v))}" for k, v in s.explicit.items())
+    return [
+        f"lstm-harness: {environment.device_name(environment.describe(s.device))}",
+        f"lstm-harness: grid {s.grid.name!r} ({s.grid.about})" + (f"; overridden: {overrides}" if overrides else ""),
+        f"lstm-harness: {len(s.problems)} problem(s) x {len(s.impls)} implementation(s): "
+        f"{', '.join(r.name for r in s.impls)}",
+    ]
+
+
+def pytest_generate_tests(metafunc):
+    session = bench_session(metafunc.config)
+    if "lstm_case" in metafunc.fixturenames:
+        cases = session.cases()
+        metafunc.parametrize("lstm_case", cases, ids=[f"{r.name}-{p.id}-{ph}" for r, p, ph in cases])
+    elif "lstm_point" in metafunc.fixturenames:
+        points = [(r, p) for r, p, _ in session.cases(phases=("total",))]
+        metafunc.parametrize("lstm_point", points, ids=[f"{r.name}-{p.id}" for r, p in points])
+
+
+@pytest.fixture
+def lstm_session(request) -> BenchSession:
+    return bench_session(request.config)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    case = getattr(item, "callspec", None) and item.callspec.params.get("lstm_case")
+    if case and report.when == "call" and not report.passed:
+        reg, problem, phase = case
+        reason = (report.longrepr[2] if report.skipped and isinstance(report.longrepr, tuple)
+                  else getattr(call.excinfo, "value", report.longreprtext))
+        bench_session(item.config).outcomes.append({
+            "impl": reg.name, "phase": phase, "problem": problem.as_dict(),
+            "outcome": "skipped" if report.skipped else "failed",
+            "reason": str(reason).strip().splitlines()[0][:300] if str(reason).strip() else "",
+        })
+    return report
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    machine_info[RESULTS_KEY] = environment.describe(bench_session(config).settings.device)
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    session = bench_session(config)
+    s = session.settings
+    output_json[RESULTS_KEY] = {
+        "grid": s.grid.name, "grid_about": s.grid.about, "device": s.device, "seed": s.seed,
+        "warmup": s.warmup, "rounds": s.rounds, "min_rounds": s.min_rounds, "max_time": s.max_time,
+        "not_timed": session.outcomes,
+    }

@@ -27,7 +27,7 @@ class RegistryError(LookupError):
 @dataclass(frozen=True)
 class Registration:
     cls: type[Impl]
-    origin: str  # e.g. "built-in (impls.fused)", "entry point mypkg = mypkg.lstm", "--lstm-plugin m"
+    origin: str  # "built-in (impls.fused)", "entry point mine (mypkg.lstm)", "--lstm-plugin (mymod)"
 
     @property
     def name(self) -> str:
@@ -45,7 +45,8 @@ class Registry:
         for attr in ("name", "description"):
             if not isinstance(getattr(cls, attr, None), str) or not getattr(cls, attr):
                 raise RegistryError(f"{cls.__qualname__} must set a non-empty class attribute {attr!r}")
-        origin = origin or self._origin or f"module {cls.__module__}"
+        # A module imported while loading another (a shared helper) is still named by its own module.
+        origin = origin or (f"{self._origin} ({cls.__module__})" if self._origin else f"module {cls.__module__}")
         existing = self._entries.get(cls.name)
         if existing is not None:
             if existing.cls is cls:
@@ -95,14 +96,13 @@ class Registry:
     def load_builtins(self) -> None:
         package = importlib.import_module(BUILTIN_PACKAGE)
         for info in pkgutil.iter_modules(package.__path__):
-            module = f"{BUILTIN_PACKAGE}.{info.name}"
-            with self.origin(f"built-in ({module})"):
-                importlib.import_module(module)
+            with self.origin("built-in"):
+                importlib.import_module(f"{BUILTIN_PACKAGE}.{info.name}")
 
     def load_entry_points(self) -> None:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             origin = f"entry point {ep.name} = {ep.value}"
-            with self.origin(origin):
+            with self.origin(f"entry point {ep.name}"):
                 try:
                     loaded = ep.load()
                 except Exception as exc:
@@ -112,8 +112,7 @@ class Registry:
                 self.add(loaded, origin)
 
     def load_module(self, module: str) -> None:
-        origin = f"--lstm-plugin {module}"
-        with self.origin(origin):
+        with self.origin("--lstm-plugin"):
             try:
                 importlib.import_module(module)
             except ImportError as exc:

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from harness.impl import Grads, Impl, Outputs, Support
+from harness.layout import sigmoid_gates_first
 from harness.problem import LayerWeights, Problem
 from harness.registry import register
-from impls.fused import gate_permutation
 
 try:  # optional extra: pip install 'lstm-harness[cuda]'
     import cupy
@@ -159,7 +159,7 @@ class CupyLSTM(Impl):
         super().__init__(problem, weights)
         self.xp = cupy if _on_cupy(problem) else np
         self.math_cls = CupyGateMath if self.xp is not np else UfuncGateMath
-        perm = gate_permutation(problem.hidden).to(problem.device)
+        perm = sigmoid_gates_first(problem.hidden).to(problem.device)
         self.inverse_perm = np.argsort(perm.cpu().numpy())
         self.layers = []
         for w in weights:

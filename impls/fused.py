@@ -13,14 +13,9 @@ from __future__ import annotations
 import torch
 
 from harness.impl import Grads, Impl, Outputs
+from harness.layout import sigmoid_gates_first
 from harness.problem import LayerWeights, Problem
 from harness.registry import register
-
-
-def gate_permutation(hidden: int) -> torch.Tensor:
-    """Rows of the canonical i, f, g, o block in the order i, f, o, g."""
-    i, f, g, o = torch.arange(4 * hidden).chunk(4)
-    return torch.cat([i, f, o, g])
 
 
 class _Layer:
@@ -60,7 +55,7 @@ class FusedLSTM(Impl):
     # Small seams: each is one step of the algorithm, named so tests can plant a bug in it.
     @staticmethod
     def _gate_permutation(hidden: int) -> torch.Tensor:
-        return gate_permutation(hidden)
+        return sigmoid_gates_first(hidden)
 
     @staticmethod
     def _combined_bias(w: LayerWeights) -> torch.Tensor:

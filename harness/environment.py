@@ -1,0 +1,76 @@
+"""What a result was measured on: device, library versions, the harness's own commit."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import numpy
+import torch
+
+import harness
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def harness_commit() -> str | None:
+    """The git commit of the harness's source tree, with '-dirty' when it has local changes."""
+    root = Path(harness.__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def cupy_version() -> str | None:
+    try:
+        import cupy
+    except Exception:  # noqa: BLE001
+        return None
+    return cupy.__version__
+
+
+def describe(device: str) -> dict:
+    info = {
+        "device": device,
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "cupy": cupy_version(),
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "harness": harness.__version__,
+        "harness_commit": harness_commit(),
+        "gpu": None,
+    }
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        info["gpu"] = props.name
+        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+        info["gpu_capability"] = f"{props.major}.{props.minor}"
+    info["device_name"] = device_name(info)
+    return info
+
+
+def device_name(info: dict) -> str:
+    """One line naming what ran: 'NVIDIA H200 (CUDA 12.8)' or 'CPU: <model>, 2 threads'."""
+    if info.get("device") == "cuda":
+        return f"GPU: {info.get('gpu')} (CUDA {info.get('torch_cuda')})"
+    return f"CPU: {info.get('cpu_model')}, {info.get('torch_threads')} threads"

@@ -1,0 +1,128 @@
+"""Named grids and the validation of grid options, ending in a list of Problems."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from harness.problem import DTYPES, Problem
+
+
+class GridError(ValueError):
+    """A grid option has an invalid value; the message starts with the option's name."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    batch: tuple[int, ...]
+    length: tuple[int, ...]
+    hidden: tuple[int, ...]
+    layers: tuple[int, ...]
+    input_size: tuple[int, ...] | None  # None: input width equals hidden, as in the seed
+    about: str
+
+
+GRIDS: dict[str, Grid] = {
+    "seed": Grid("seed", (20, 4), (100, 20), (2048,), (3,), None,
+                 "the seed's table: batch {20,4} x length {100,20}, 3 layers, hidden = input = 2048"),
+    "cpu": Grid("cpu", (20, 4), (100, 20), (512,), (3,), None,
+                "the seed's batch {20,4} x length {100,20} at hidden = input = 512, 3 layers; "
+                "about 5 minutes on 2 CPU cores"),
+    "smoke": Grid("smoke", (5, 2), (7, 3), (16,), (2,), (12,),
+                  "tiny: batch {5,2} x length {7,3}, 2 layers, input 12, hidden 16; seconds, for CI"),
+}
+GRID_CHOICES = ("auto", *GRIDS)
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def default_grid(device: str) -> Grid:
+    """The seed's own shapes on a GPU; the CPU-sized variant on the CPU."""
+    return GRIDS["seed" if device == "cuda" else "cpu"]
+
+
+def parse_positive_ints(option: str, text: str | None) -> tuple[int, ...] | None:
+    """'20,4' -> (20, 4). None passes through (option not given)."""
+    if text is None:
+        return None
+    values = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            value = int(part)
+        except ValueError:
+            raise GridError(f"{option}: {part!r} is not an integer (expected e.g. {option} 20,4)") from None
+        if value < 1:
+            raise GridError(f"{option}: {value} is not a positive integer")
+        values.append(value)
+    return tuple(dict.fromkeys(values))  # keep order, drop repeats
+
+
+def parse_number(option: str, text, kind=int, minimum=1):
+    """One number of `kind` no smaller than `minimum`; None passes through (option not given)."""
+    if text is None:
+        return None
+    try:
+        value = kind(str(text).strip())
+    except ValueError:
+        raise GridError(f"{option}: {text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if value < minimum:
+        raise GridError(f"{option}: {value} is below the minimum {minimum}")
+    return value
+
+
+def parse_choices(option: str, text: str | None, choices: Sequence[str]) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    values = tuple(dict.fromkeys(p.strip() for p in str(text).split(",") if p.strip()))
+    if not values:
+        raise GridError(f"{option}: no value given; choose from {', '.join(choices)}")
+    for value in values:
+        if value not in choices:
+            raise GridError(f"{option}: unknown value {value!r}; choose from {', '.join(choices)}")
+    return values
+
+
+def resolve_device(option: str, text: str) -> str:
+    if text not in DEVICE_CHOICES:
+        raise GridError(f"{option}: unknown device {text!r}; choose from {', '.join(DEVICE_CHOICES)}")
+    has_gpu = torch.cuda.is_available()
+    if text == "auto":
+        return "cuda" if has_gpu else "cpu"
+    if text == "cuda" and not has_gpu:
+        raise GridError(f"{option}: cuda was asked for but no CUDA GPU is visible to torch "
+                        f"(torch {torch.__version__}, built with CUDA {torch.version.cuda})")
+    return text
+
+
+def resolve_grid(option: str, name: str, device: str) -> Grid:
+    if name == "auto":
+        return default_grid(device)
+    if name not in GRIDS:
+        raise GridError(f"{option}: unknown grid {name!r}; choose from {', '.join(GRID_CHOICES)}")
+    return GRIDS[name]
+
+
+def build_problems(grid: Grid, device: str, dtypes: Sequence[str] = ("float32",), *,
+                   batch=None, length=None, hidden=None, input_size=None, layers=None) -> list[Problem]:
+    """The grid's problems, with any explicit axis values replacing the grid's own."""
+    for dtype in dtypes:
+        if dtype not in DTYPES:
+            raise GridError(f"--lstm-dtype: unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+    problems = []
+    # Length outer, batch inner: the order of the seed's tables.
+    for t, b, h, l, dtype in itertools.product(length or grid.length, batch or grid.batch,
+                                               hidden or grid.hidden, layers or grid.layers, dtypes):
+        if input_size:
+            widths = input_size
+        elif grid.input_size and not hidden:
+            widths = grid.input_size
+        else:
+            widths = (h,)  # the seed's shape: input width = hidden
+        for i in widths:
+            problems.append(Problem(batch=b, length=t, input_size=i, hidden=h, layers=l,
+                                    dtype=dtype, device=device))
+    return problems

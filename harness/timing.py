@@ -1,0 +1,79 @@
+"""How a phase is timed: device completion inside the timed region, rounds chosen from a probe."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+
+from harness.impl import Impl
+from harness.problem import Inputs
+
+
+def synchronize(device: str) -> None:
+    """Wait for all queued device work; a GPU timing without this reads far too fast."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+@contextlib.contextmanager
+def strict_fp32(device: str) -> Iterator[dict]:
+    """Pin TF32 off for agreement and timing, so cuDNN and cuBLAS paths compute alike.
+
+    torch defaults cudnn.allow_tf32 to True and matmul.allow_tf32 to False: left alone,
+    nn.LSTM would run in TF32 against strict-fp32 hand-written kernels.
+    """
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield {"matmul_allow_tf32": False, "cudnn_allow_tf32": False}
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def phase_functions(impl: Impl, inputs: Inputs, phase: str, device: str
+                    ) -> tuple[Callable[[], object], Callable[[], None] | None]:
+    """(target, setup) for pytest-benchmark's pedantic mode. Every target ends in a device sync;
+    a backward's setup runs a fresh, untimed forward (and syncs, so none of it leaks in)."""
+    x, h0, c0, dy, dh_n, dc_n = inputs.x, inputs.h0, inputs.c0, inputs.dy, inputs.dh_n, inputs.dc_n
+
+    def forward():
+        out = impl.forward(x, h0, c0)
+        synchronize(device)
+        return out
+
+    def backward():
+        grads = impl.backward(dy, dh_n, dc_n)
+        synchronize(device)
+        return grads
+
+    def total():
+        impl.forward(x, h0, c0)
+        return backward()
+
+    if phase == "forward":
+        return forward, None
+    if phase == "backward":
+        return backward, lambda: (forward(), None)[1]
+    if phase == "total":
+        return total, None
+    raise ValueError(f"unknown phase {phase!r}")
+
+
+def probe_seconds(target: Callable[[], object], setup: Callable[[], None] | None) -> float:
+    """Time one call (also a warm-up), to size the number of rounds."""
+    if setup is not None:
+        setup()
+    start = time.perf_counter()
+    target()
+    return time.perf_counter() - start
+
+
+def choose_rounds(seconds_per_call: float, max_time: float, min_rounds: int, max_rounds: int = 1000) -> int:
+    """As many rounds as fit in max_time, at least min_rounds (medians and IQR need several)."""
+    fit = math.ceil(max_time / max(seconds_per_call, 1e-9))
+    return max(min_rounds, min(fit, max_rounds))

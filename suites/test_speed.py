@@ -1,0 +1,42 @@
+"""Forward, backward and total time of every implementation on every grid point.
+
+Each measurement is taken only after the implementation passed agreement on that point.
+An implementation that fails, crashes or runs out of memory fails that point alone.
+"""
+
+import pytest
+import torch
+
+from harness.agreement import AgreementError
+from harness.timing import choose_rounds, phase_functions, probe_seconds, strict_fp32
+
+
+def test_speed(benchmark, lstm_case, lstm_session):
+    reg, problem, phase = lstm_case
+    settings = lstm_session.settings
+    support = reg.cls.supports(problem)
+    if not support.ok:
+        pytest.skip(f"{reg.name} cannot run {problem.id} here: {support.reason}")
+    try:
+        with strict_fp32(problem.device) as precision:
+            impl, inputs, agreement = lstm_session.validated(reg, problem)
+            target, setup = phase_functions(impl, inputs, phase, problem.device)
+            rounds = settings.rounds or choose_rounds(probe_seconds(target, setup), settings.max_time,
+                                                      settings.min_rounds)
+            benchmark.group = f"{problem.id} {phase}"
+            benchmark.extra_info.update(
+                impl=reg.name, backend=reg.cls.backend(problem), origin=reg.origin, phase=phase,
+                problem_id=problem.id, **problem.as_dict(), flops=problem.flops(phase),
+                agreement_max_error=agreement.max_error, agreement_tolerance=agreement.tolerance,
+                agreement_errors=agreement.errors, seed=settings.seed, warmup_rounds=settings.warmup,
+                **precision,
+            )
+            benchmark.pedantic(target, setup=setup, rounds=rounds, warmup_rounds=settings.warmup)
+    except AgreementError as exc:
+        pytest.fail(f"not timed: {exc}", pytrace=False)
+    except torch.OutOfMemoryError as exc:
+        lstm_session.release()
+        pytest.fail(f"{reg.name} ran out of memory on {problem.id}: {exc}", pytrace=False)
+    except Exception:
+        lstm_session.release()
+        raise
