@@ -32,7 +32,7 @@ class AutogradImpl(Impl):
         # Autograd returns None for a tensor that did not take part; a zero gradient is right.
         grads = torch.autograd.grad(self._outputs, self._leaves + params, (dy, dh_n, dc_n),
                                     allow_unused=True)
-        grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, self._leaves + params)]
+        grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, self._leaves + params, strict=True)]
         self._outputs = self._leaves = None  # the graph is spent; free it now
         dx, dh0, dc0, *flat = grads
         layers = [LayerWeights(*flat[4 * l: 4 * l + 4]) for l in range(len(flat) // 4)]

@@ -41,18 +41,23 @@ def pytest_addoption(parser):
     add("--lstm-max-time", metavar="SECONDS", help="time budget that sizes the rounds (default 1.0)")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-benchmark reads its options
 def pytest_configure(config):
     try:
         settings = Settings.from_options(config.getoption)
     except (GridError, RegistryError, ValueError) as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[SESSION] = BenchSession(settings)
-    # Every run is kept, with raw timings, under .benchmarks/ (file NNNN_lstm-<grid>-<device>.json)
-    # so `python -m harness.report` with no argument finds the newest one.
-    if hasattr(config.option, "benchmark_autosave") and not config.option.benchmark_autosave:
-        config.option.benchmark_autosave = f"lstm-{settings.grid.name}-{settings.device}"
-        config.option.benchmark_save_data = True
+
+
+def pytest_collection_modifyitems(config, items):
+    # A run that collected the speed suite is kept, with raw timings, under .benchmarks/
+    # (NNNN_lstm-<grid>-<device>.json) so `python -m harness.report` alone finds the newest.
+    bench = getattr(config, "_benchmarksession", None)
+    timed = any("lstm_case" in getattr(item, "fixturenames", ()) for item in items)
+    if bench is not None and timed and not (bench.save or bench.autosave):
+        s = bench_session(config).settings
+        bench.autosave = f"lstm-{s.grid.name}-{s.device}"
+        bench.save_data = True
 
 
 def bench_session(config) -> BenchSession:
@@ -71,13 +76,13 @@ def pytest_report_header(config):
 
 
 def pytest_generate_tests(metafunc):
+    # Parametrised by id strings (resolved by the fixtures below) so the results JSON's
+    # "params" stay plain text.
     session = bench_session(metafunc.config)
-    if "lstm_case" in metafunc.fixturenames:
-        cases = session.cases()
-        metafunc.parametrize("lstm_case", cases, ids=[f"{r.name}-{p.id}-{ph}" for r, p, ph in cases])
-    elif "lstm_point" in metafunc.fixturenames:
-        points = [(r, p) for r, p, _ in session.cases(phases=("total",))]
-        metafunc.parametrize("lstm_point", points, ids=[f"{r.name}-{p.id}" for r, p in points])
+    for name, cases in (("lstm_case", session.cases()), ("lstm_point", session.points())):
+        if name in metafunc.fixturenames:
+            metafunc.parametrize(name, list(cases), indirect=True)
+            return
 
 
 @pytest.fixture
@@ -85,12 +90,24 @@ def lstm_session(request) -> BenchSession:
     return bench_session(request.config)
 
 
+@pytest.fixture
+def lstm_case(request, lstm_session):
+    """(registration, problem, phase) of one timed measurement."""
+    return lstm_session.cases()[request.param]
+
+
+@pytest.fixture
+def lstm_point(request, lstm_session):
+    """(registration, problem) of one agreement check."""
+    return lstm_session.points()[request.param]
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     report = yield
-    case = getattr(item, "callspec", None) and item.callspec.params.get("lstm_case")
-    if case and report.when == "call" and not report.passed:
-        reg, problem, phase = case
+    case_id = getattr(item, "callspec", None) and item.callspec.params.get("lstm_case")
+    if case_id and report.when == "call" and not report.passed:
+        reg, problem, phase = bench_session(item.config).cases()[case_id]
         reason = (report.longrepr[2] if report.skipped and isinstance(report.longrepr, tuple)
                   else getattr(call.excinfo, "value", report.longreprtext))
         bench_session(item.config).outcomes.append({

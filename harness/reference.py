@@ -24,17 +24,14 @@ def lstm_forward(x, h0, c0, weights: list[LayerWeights]):
         # Per-gate input weights W, recurrent weights U and biases, as the textbook writes them.
         W, U = w.w_ih.chunk(4), w.w_hh.chunk(4)
         b = (w.b_ih + w.b_hh).chunk(4)
-
-        def gate(k, x_t, h):
-            return x_t @ W[k].T + h @ U[k].T + b[k]
-
         h, c = h0[layer], c0[layer]
         steps = []
         for x_t in layer_input:
-            input_gate = torch.sigmoid(gate(0, x_t, h))
-            forget_gate = torch.sigmoid(gate(1, x_t, h))
-            candidate = torch.tanh(gate(2, x_t, h))
-            output_gate = torch.sigmoid(gate(3, x_t, h))
+            pre = [x_t @ W[k].T + h @ U[k].T + b[k] for k in range(4)]
+            input_gate = torch.sigmoid(pre[0])
+            forget_gate = torch.sigmoid(pre[1])
+            candidate = torch.tanh(pre[2])
+            output_gate = torch.sigmoid(pre[3])
             c = forget_gate * c + input_gate * candidate
             h = output_gate * torch.tanh(c)
             steps.append(h)
@@ -46,10 +43,11 @@ def lstm_forward(x, h0, c0, weights: list[LayerWeights]):
 
 def compute_reference(inputs: Inputs) -> tuple[Outputs, Grads]:
     """Outputs and every gradient, in float64, on the inputs' device."""
+    # Fresh leaves: .to() returns the caller's own tensors when they are float64 already.
     ref = inputs.to(dtype=torch.float64)
+    ref.x, ref.h0, ref.c0 = (t.detach().clone().requires_grad_(True) for t in (ref.x, ref.h0, ref.c0))
+    ref.weights = [w.map(lambda t: t.detach().clone().requires_grad_(True)) for w in ref.weights]
     leaves = [ref.x, ref.h0, ref.c0] + [t for w in ref.weights for t in w.tensors()]
-    for t in leaves:
-        t.requires_grad_(True)
     with torch.enable_grad():
         y, h_n, c_n = lstm_forward(ref.x, ref.h0, ref.c0, ref.weights)
         grads = torch.autograd.grad([y, h_n, c_n], leaves, [ref.dy, ref.dh_n, ref.dc_n])

@@ -13,8 +13,15 @@ from dataclasses import dataclass, field
 import torch
 
 from harness.agreement import Agreement, AgreementError, check_agreement
-from harness.grid import (Grid, build_problems, parse_choices, parse_number, parse_positive_ints,
-                          resolve_device, resolve_grid)
+from harness.grid import (
+    Grid,
+    build_problems,
+    parse_choices,
+    parse_number,
+    parse_positive_ints,
+    resolve_device,
+    resolve_grid,
+)
 from harness.impl import Impl
 from harness.problem import DTYPES, PHASES, Inputs, Problem, make_inputs
 from harness.registry import Registration, Registry, discover
@@ -67,10 +74,16 @@ class BenchSession:
         self._inputs: tuple[Problem, Inputs] | None = None
         self._prepared: tuple[tuple[str, Problem], Impl] | None = None
 
-    def cases(self, phases=PHASES) -> list[tuple[Registration, Problem, str]]:
-        """Problem-major order: each (implementation, problem) is prepared once for its phases."""
-        return [(reg, problem, phase) for problem in self.settings.problems
-                for reg in self.settings.impls for phase in phases]
+    def cases(self) -> dict[str, tuple[Registration, Problem, str]]:
+        """Timed measurements by test id, problem-major so each (implementation, problem) is
+        prepared once for its three phases."""
+        return {f"{reg.name}-{problem.id}-{phase}": (reg, problem, phase)
+                for problem in self.settings.problems for reg in self.settings.impls for phase in PHASES}
+
+    def points(self) -> dict[str, tuple[Registration, Problem]]:
+        """Agreement checks by test id."""
+        return {f"{reg.name}-{problem.id}": (reg, problem)
+                for problem in self.settings.problems for reg in self.settings.impls}
 
     def inputs(self, problem: Problem) -> Inputs:
         if self._inputs is None or self._inputs[0] != problem:

@@ -53,7 +53,7 @@ class CudnnLSTM(AutogradImpl):
         return _detected_backend(problem.device, problem.dtype)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _detected_backend(device: str, dtype: str) -> str:
     """Run a tiny training-mode forward and name the kernel from the autograd graph it built."""
     torch_dtype = Problem(1, 1, 1, 1, 1, dtype=dtype, device=device).torch_dtype

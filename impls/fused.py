@@ -40,7 +40,8 @@ class _Layer:
 @register
 class FusedLSTM(Impl):
     name = "fused"
-    description = "seed's fused design: one input GEMM for all steps, one recurrent-weight-gradient GEMM, hand-written backward"
+    description = ("seed's fused design: one input GEMM for all steps, one GEMM for the recurrent-weight "
+                   "gradient, hand-written backward")
 
     def __init__(self, problem: Problem, weights: list[LayerWeights]) -> None:
         super().__init__(problem, weights)

@@ -1,0 +1,58 @@
+import pytest
+import torch
+
+from harness.agreement import check_agreement
+from harness.problem import Problem, make_inputs
+from harness.registry import discover
+from impls import cupy_lstm
+from impls.cudnn import _detected_backend
+
+BUILTINS = ["cudnn", "fused", "modular", "cupy"]
+SHAPES = [
+    Problem(batch=5, length=7, input_size=12, hidden=16, layers=2),
+    Problem(batch=1, length=1, input_size=3, hidden=4, layers=1),
+    Problem(batch=3, length=11, input_size=20, hidden=8, layers=3),
+    Problem(batch=4, length=6, input_size=10, hidden=9, layers=2, dtype="float64"),
+]
+
+
+@pytest.mark.parametrize("problem", SHAPES, ids=lambda p: p.id)
+@pytest.mark.parametrize("name", BUILTINS)
+def test_builtin_agrees_with_reference(name, problem):
+    agreement, _ = check_agreement(discover().get(name), problem)
+    assert agreement.passed, agreement.summary() + "\n" + agreement.table()
+    assert len(agreement.errors) == 6 + 4 * problem.layers
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_repeated_calls_and_a_new_length_give_the_same_answers(name, small):
+    """Buffers are reused between calls: a second call (and a call at another length) must not
+    see stale state."""
+    cls = discover().get(name)
+    inputs = make_inputs(small)
+    impl = cls(small, inputs.weights)
+    first_y = impl.forward(inputs.x, inputs.h0, inputs.c0).y.clone()
+    first_dx = impl.backward(inputs.dy, inputs.dh_n, inputs.dc_n).dx.clone()
+    short = make_inputs(small.replace(length=3), seed=5)
+    impl.forward(short.x, inputs.h0, inputs.c0)
+    assert impl.backward(short.dy, inputs.dh_n, inputs.dc_n).dx.shape == short.x.shape
+    out = impl.forward(inputs.x, inputs.h0, inputs.c0)
+    grads = impl.backward(inputs.dy, inputs.dh_n, inputs.dc_n)
+    assert torch.allclose(out.y, first_y, rtol=0, atol=1e-6)
+    assert torch.allclose(grads.dx, first_dx, rtol=0, atol=1e-6)
+    assert out.y.dtype == small.torch_dtype and grads.weights[0].w_ih.shape == (64, 12)
+
+
+def test_cudnn_names_the_kernel_that_ran():
+    assert _detected_backend("cpu", "float32").startswith("oneDNN RNN")
+    assert "native LSTM cells" in _detected_backend("cpu", "float64")
+
+
+def test_cupy_without_gpu_runs_numpy_on_cpu_and_declines_cuda(monkeypatch, small):
+    cls = discover().get("cupy")
+    assert cls.supports(small).ok and cls.backend(small).startswith("NumPy ")
+    on_cuda = small.replace(device="cuda")
+    monkeypatch.setattr(cupy_lstm, "cupy_usable", lambda: (False, "CuPy is not installed (test)"))
+    support = cls.supports(on_cuda)
+    assert not support.ok and "CuPy is not installed" in support.reason
+    assert "CuPy is not installed" in cls.backend(on_cuda)
