@@ -1,8 +1,8 @@
-"""Plugin module for `--lstm-plugin mutant_plugin`: registers every mutant for a run."""
+"""Plugin module for `--lstm-plugin mutant_plugin`: registers every mutant and broken impl for a run."""
 
-from mutants import MUTANTS
+from mutants import BROKEN, MUTANTS
 
 from harness.registry import register
 
-for cls in MUTANTS:
+for cls in MUTANTS + BROKEN:
     register(cls)

@@ -71,3 +71,28 @@ class NaNOutput(FusedLSTM):
 
 
 MUTANTS = [RowZeroRecurrence, WrongGateOrder, ForgetBiasOffByOne, RecurrentGradSkipsFirstStep, NaNOutput]
+
+
+class Crashes(FusedLSTM):
+    """Raises inside forward, as a broken kernel would."""
+
+    name = "broken_crash"
+    description = "raises in forward"
+
+    def forward(self, x, h0, c0):
+        raise RuntimeError("planted kernel failure")
+
+
+class RunsOutOfMemory(FusedLSTM):
+    """Runs out of memory in backward on the larger problems only."""
+
+    name = "broken_oom"
+    description = "out of memory at batch 5"
+
+    def backward(self, dy, dh_n, dc_n):
+        if dy.shape[1] >= 5:
+            raise torch.OutOfMemoryError("planted: tried to allocate 1 TiB")
+        return super().backward(dy, dh_n, dc_n)
+
+
+BROKEN = [Crashes, RunsOutOfMemory]

@@ -87,3 +87,24 @@ def test_mutants_get_no_time_in_results(run_python, tmp_path):
     assert {n["impl"] for n in not_timed} == {"mutant_row0", "mutant_gate_order", "mutant_forget_bias",
                                              "mutant_dwhh_first_step", "mutant_nan"}
     assert all(n["outcome"] == "failed" and "agreement" in n["reason"] for n in not_timed)
+
+
+def test_crash_or_oom_fails_that_point_and_the_grid_goes_on(run_python, tmp_path):
+    out = tmp_path / "r.json"
+    proc = run_python("-m", "pytest", "suites/test_speed.py", "--benchmark-only", "--lstm-grid", "smoke",
+                      "--lstm-length", "4", "--lstm-plugin", "mutant_plugin",
+                      "--lstm-impls", "broken_crash,broken_oom,fused", "--lstm-rounds", "2",
+                      "--benchmark-json", str(out), f"--benchmark-storage=file://{tmp_path}",
+                      "-p", "no:cacheprovider", "-q")
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    # 2 problems (batch 5 and 2) x 3 phases: crash fails all 6, oom the 3 at batch 5 (its agreement).
+    assert "9 failed, 9 passed" in proc.stdout
+    data = json.loads(out.read_text())
+    timed = {(b["extra_info"]["impl"], b["extra_info"]["batch"]) for b in data["benchmarks"]}
+    assert timed == {("fused", 5), ("fused", 2), ("broken_oom", 2)}
+    reasons = {(n["impl"], n["problem"]["batch"]): n["reason"] for n in data["lstm_harness"]["not_timed"]}
+    assert reasons[("broken_crash", 2)] == "planted kernel failure"
+    assert reasons[("broken_oom", 5)].startswith("broken_oom ran out of memory on B5-T4")
+    report = run_python("-m", "harness.report", str(out), "--out-dir", str(tmp_path), "--baseline", "fused")
+    assert report.returncode == 0
+    assert "`broken_crash` (forward, backward, total): failed: planted kernel failure" in report.stdout
