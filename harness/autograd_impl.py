@@ -13,6 +13,8 @@ class AutogradImpl(Impl):
 
     Subclasses implement `_forward(x, h0, c0) -> (y, h_n, c_n)` on inputs that require grad,
     and `parameters()` returning per-layer LayerWeights of leaf tensors in canonical layout.
+    One that appends each step's gate pre-activations to `self._gate_inputs` during `_forward`
+    supports gate clipping: backward hooks them when asked.
     """
 
     def parameters(self) -> list[LayerWeights]:
@@ -21,19 +23,32 @@ class AutogradImpl(Impl):
     def _forward(self, x, h0, c0):
         raise NotImplementedError
 
+    def set_weights(self, weights: list[LayerWeights]) -> None:
+        """Copy into the existing parameters: no new module, no new graph leaves."""
+        with torch.no_grad():
+            for mine, new in zip(self.parameters(), weights, strict=True):
+                for a, b in zip(mine.tensors(), new.tensors(), strict=True):
+                    a.copy_(b)
+
     def forward(self, x, h0, c0) -> Outputs:
+        self._gate_inputs = []
         self._leaves = [t.detach().requires_grad_(True) for t in (x, h0, c0)]
         with torch.enable_grad():
             self._outputs = self._forward(*self._leaves)
         return Outputs(*(t.detach() for t in self._outputs))
 
-    def backward(self, dy, dh_n, dc_n) -> Grads:
+    def backward(self, dy, dh_n, dc_n, gate_clip=None) -> Grads:
+        if gate_clip is not None:
+            if not self.gate_clipping:
+                raise NotImplementedError(f"{self.name} cannot clip gate gradients inside backward")
+            for pre in self._gate_inputs:
+                pre.register_hook(lambda grad: grad.clamp(-gate_clip, gate_clip))
         params = [t for layer in self.parameters() for t in layer.tensors()]
         # Autograd returns None for a tensor that did not take part; a zero gradient is right.
         grads = torch.autograd.grad(self._outputs, self._leaves + params, (dy, dh_n, dc_n),
                                     allow_unused=True)
         grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, self._leaves + params, strict=True)]
-        self._outputs = self._leaves = None  # the graph is spent; free it now
+        self._outputs = self._leaves = self._gate_inputs = None  # the graph is spent; free it now
         dx, dh0, dc0, *flat = grads
         layers = [LayerWeights(*flat[4 * l: 4 * l + 4]) for l in range(len(flat) // 4)]
         return Grads(dx, dh0, dc0, layers)

@@ -59,11 +59,15 @@ class Grads:
 class Impl(abc.ABC):
     """Base class of every LSTM implementation.
 
-    Subclasses set `name` and `description`, and may override `supports` and `backend`.
+    Subclasses set `name` and `description`, and may override `supports`, `backend` and
+    `set_weights`. One that can clip gate gradients inside backward sets `gate_clipping`.
     """
 
     name: ClassVar[str]
     description: ClassVar[str]
+    # True: backward(..., gate_clip=theta) clamps every gate pre-activation gradient to
+    # [-theta, theta] before it propagates (the seed's clipping_threshold).
+    gate_clipping: ClassVar[bool] = False
 
     def __init__(self, problem: Problem, weights: list[LayerWeights]) -> None:
         self.problem = problem
@@ -78,10 +82,16 @@ class Impl(abc.ABC):
         """Label of what actually computes on `problem`'s device (kernel library, version)."""
         return f"PyTorch {torch.__version__} ops ({problem.device})"
 
-    @abc.abstractmethod
-    def forward(self, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor) -> Outputs:
-        ...
+    def set_weights(self, weights: list[LayerWeights]) -> None:
+        """Take new canonical weights (a training step). Default: convert them afresh."""
+        self.__init__(self.problem, weights)
 
     @abc.abstractmethod
-    def backward(self, dy: torch.Tensor, dh_n: torch.Tensor, dc_n: torch.Tensor) -> Grads:
-        ...
+    def forward(self, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor) -> Outputs:
+        """Training-mode forward. Returned tensors may alias workspace reused by the next call."""
+
+    @abc.abstractmethod
+    def backward(self, dy: torch.Tensor, dh_n: torch.Tensor, dc_n: torch.Tensor,
+                 gate_clip: float | None = None) -> Grads:
+        """Gradients of the last forward, in canonical layout. They may alias one another or
+        workspace: copy before changing them in place."""

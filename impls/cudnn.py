@@ -31,11 +31,7 @@ class CudnnLSTM(AutogradImpl):
         super().__init__(problem, weights)
         self.lstm = torch.nn.LSTM(problem.input_size, problem.hidden, problem.layers).to(
             device=problem.device, dtype=problem.torch_dtype)
-        with torch.no_grad():
-            for layer, w in enumerate(weights):
-                for field in LayerWeights.FIELDS:
-                    getattr(self.lstm, f"weight_{field[2:]}_l{layer}" if field[0] == "w"
-                            else f"bias_{field[2:]}_l{layer}").copy_(getattr(w, field))
+        self.set_weights(weights)
         self.lstm.flatten_parameters()  # cuDNN wants one contiguous weight buffer
         self.lstm.train()
 

@@ -62,8 +62,9 @@ class UfuncGateMath:
         xp.tanh(c, out=tanh_c)
         xp.multiply(o, tanh_c, out=h)
 
-    def backward(self, gates, c_prev, tanh_c, dh, dc, d_gates) -> None:
-        """From dh (already holding dy_t) and dc: pre-activation gradients into d_gates, dc -> dc_{t-1}."""
+    def backward(self, gates, c_prev, tanh_c, dh, dc, d_gates, clip=0.0) -> None:
+        """From dh (already holding dy_t) and dc: pre-activation gradients into d_gates (clamped
+        to +-clip when clip > 0), dc -> dc_{t-1}."""
         xp, H, tmp, d = self.xp, self.H, self.tmp, self.scratch
         i, f, o, g = (gates[:, k * H:(k + 1) * H] for k in range(4))
         # dc += dh * o * (1 - tanh(c)^2)
@@ -81,6 +82,8 @@ class UfuncGateMath:
         xp.subtract(gates[:, :3 * H], d_gates[:, :3 * H], out=d_gates[:, :3 * H])
         xp.subtract(1, d_gates[:, 3 * H:], out=d_gates[:, 3 * H:])
         d_gates *= d
+        if clip > 0:
+            xp.clip(d_gates, -clip, clip, out=d_gates)
         dc *= f  # dc_{t-1}
 
 
@@ -101,10 +104,12 @@ _BACKWARD_KERNEL = r"""
     const ptrdiff_t b = i / H, j = i % H, base = b * 4 * H + j;
     const T ig = gates[base], fg = gates[base + H], og = gates[base + 2 * H], gg = gates[base + 3 * H];
     const T dct = dc + dh * og * (1 - tanh_c * tanh_c);
-    d_gates[base] = dct * gg * ig * (1 - ig);
-    d_gates[base + H] = dct * c_prev * fg * (1 - fg);
-    d_gates[base + 2 * H] = dh * tanh_c * og * (1 - og);
-    d_gates[base + 3 * H] = dct * ig * (1 - gg * gg);
+    T d[4] = {dct * gg * ig * (1 - ig), dct * c_prev * fg * (1 - fg),
+              dh * tanh_c * og * (1 - og), dct * ig * (1 - gg * gg)};
+    for (int k = 0; k < 4; ++k) {
+        if (clip > 0) d[k] = d[k] < -clip ? -clip : (d[k] > clip ? clip : d[k]);
+        d_gates[base + k * H] = d[k];
+    }
     dc = dct * fg;
 """
 
@@ -121,14 +126,14 @@ class CupyGateMath:
                 "raw T rec, T c_prev, int32 H", "raw T gates, T c, T tanh_c, T h",
                 _FORWARD_KERNEL, "lstm_gates_forward")
             self._kernels["backward"] = cupy.ElementwiseKernel(
-                "raw T gates, T c_prev, T tanh_c, T dh, int32 H", "raw T d_gates, T dc",
+                "raw T gates, T c_prev, T tanh_c, T dh, int32 H, T clip", "raw T d_gates, T dc",
                 _BACKWARD_KERNEL, "lstm_gates_backward")
 
     def forward(self, gates, rec, c_prev, c, tanh_c, h) -> None:
         self._kernels["forward"](rec, c_prev, self.H, gates, c, tanh_c, h)
 
-    def backward(self, gates, c_prev, tanh_c, dh, dc, d_gates) -> None:
-        self._kernels["backward"](gates, c_prev, tanh_c, dh, self.H, d_gates, dc)
+    def backward(self, gates, c_prev, tanh_c, dh, dc, d_gates, clip=0.0) -> None:
+        self._kernels["backward"](gates, c_prev, tanh_c, dh, self.H, gates.dtype.type(clip), d_gates, dc)
 
 
 def _on_cupy(problem: Problem) -> bool:
@@ -139,6 +144,7 @@ def _on_cupy(problem: Problem) -> bool:
 class CupyLSTM(Impl):
     name = "cupy"
     description = "fused design on an array module: CuPy kernels + cuBLAS on CUDA, NumPy on the CPU"
+    gate_clipping = True
 
     @classmethod
     def supports(cls, problem: Problem) -> Support:
@@ -215,8 +221,9 @@ class CupyLSTM(Impl):
         c_n = xp.stack([layer["c"][T] for layer in self.layers])
         return Outputs(self._tensor(layer_input), self._tensor(h_n), self._tensor(c_n))
 
-    def backward(self, dy, dh_n, dc_n) -> Grads:
+    def backward(self, dy, dh_n, dc_n, gate_clip=None) -> Grads:
         xp, H = self.xp, self.problem.hidden
+        clip = 0.0 if gate_clip is None else float(gate_clip)
         T, B = self.shape
         d_out, dh_n, dc_n = self._array(dy), self._array(dh_n), self._array(dc_n)
         dh0, dc0 = xp.empty_like(dh_n), xp.empty_like(dc_n)
@@ -228,7 +235,7 @@ class CupyLSTM(Impl):
             dh, dc = dh_n[l].copy(), dc_n[l].copy()
             for t in reversed(range(T)):
                 dh += d_out[t]
-                self.math.backward(gates[t], c[t], tanh_c[t], dh, dc, d_gates[t])
+                self.math.backward(gates[t], c[t], tanh_c[t], dh, dc, d_gates[t], clip)
                 xp.matmul(d_gates[t], layer["w_h"], out=dh)  # dh_{t-1}
             dh0[l], dc0[l] = dh, dc
             flat = d_gates.reshape(T * B, 4 * H)

@@ -42,6 +42,7 @@ class FusedLSTM(Impl):
     name = "fused"
     description = ("seed's fused design: one input GEMM for all steps, one GEMM for the recurrent-weight "
                    "gradient, hand-written backward")
+    gate_clipping = True
 
     def __init__(self, problem: Problem, weights: list[LayerWeights]) -> None:
         super().__init__(problem, weights)
@@ -100,7 +101,7 @@ class FusedLSTM(Impl):
                        torch.stack([layer.c[T] for layer in self.layers]))
 
     @torch.no_grad()
-    def backward(self, dy, dh_n, dc_n) -> Grads:
+    def backward(self, dy, dh_n, dc_n, gate_clip=None) -> Grads:
         T, B = self.layers[0].shape
         H = self.problem.hidden
         grads: list[LayerWeights] = [None] * len(self.layers)
@@ -127,6 +128,8 @@ class FusedLSTM(Impl):
                 torch.mul(dc, c[t], out=scratch[:, H:2 * H])  # d f
                 torch.mul(dc, a[:, :H], out=scratch[:, 3 * H:])  # d g
                 da.mul_(scratch)  # through the nonlinearities: pre-activation gradients
+                if gate_clip is not None:
+                    da.clamp_(-gate_clip, gate_clip)
                 dc.mul_(a[:, H:2 * H])  # dc_{t-1}
                 torch.mm(da, layer.w_h, out=dh)  # dh_{t-1}: the one GEMM per step
             dh0[l], dc0[l] = dh, dc

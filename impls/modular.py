@@ -26,6 +26,7 @@ def lstm_unit(pre: torch.Tensor, c_prev: torch.Tensor) -> tuple[torch.Tensor, to
 class ModularLSTM(AutogradImpl):
     name = "modular"
     description = "seed's modular design: per-step input + recurrent projection and LSTM unit, autograd backward"
+    gate_clipping = True
 
     def __init__(self, problem: Problem, weights: list[LayerWeights]) -> None:
         super().__init__(problem, weights)
@@ -34,6 +35,7 @@ class ModularLSTM(AutogradImpl):
     def parameters(self) -> list[LayerWeights]:
         return self.weights
 
+
     def _forward(self, x, h0, c0):
         layer_input, h_last, c_last = x, [], []
         for layer, w in enumerate(self.weights):
@@ -41,6 +43,7 @@ class ModularLSTM(AutogradImpl):
             steps = []
             for x_t in layer_input:
                 pre = F.linear(x_t, w.w_ih, w.b_ih) + F.linear(h, w.w_hh, w.b_hh)
+                self._gate_inputs.append(pre)  # only a reference: lets backward clip its gradient
                 h, c = lstm_unit(pre, c)
                 steps.append(h)
             layer_input = torch.stack(steps)

@@ -27,7 +27,7 @@ extern "C" void forward(const T* rec, const T* c_prev_in, int H, T* gates, T* c_
   }
 }
 extern "C" void backward(const T* gates, const T* c_prev_in, const T* tanh_c_in, const T* dh_in, int H,
-                         T* d_gates, T* dc_io, ptrdiff_t n) {
+                         T clip, T* d_gates, T* dc_io, ptrdiff_t n) {
   for (ptrdiff_t i = 0; i < n; ++i) {
     const T c_prev = c_prev_in[i]; const T tanh_c = tanh_c_in[i]; const T dh = dh_in[i]; T& dc = dc_io[i];
     BACKWARD_BODY
@@ -64,16 +64,19 @@ def test_forward_kernel_matches_ufunc_math(kernels):
         np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-14, err_msg=name)
 
 
-def test_backward_kernel_matches_ufunc_math(kernels):
+@pytest.mark.parametrize("clip", [0.0, 0.05])
+def test_backward_kernel_matches_ufunc_math(kernels, clip):
     rng = np.random.default_rng(1)
     B, H = 4, 3
     gates = np.concatenate([1 / (1 + np.exp(-rng.normal(size=(B, 3 * H)))), np.tanh(rng.normal(size=(B, H)))], 1)
     c_prev, tanh_c, dh, dc = (rng.normal(size=(B, H)) for _ in range(4))
     tanh_c = np.tanh(tanh_c)
     exp_d, exp_dc = np.empty((B, 4 * H)), dc.copy()
-    UfuncGateMath(np, B, H, np.float64).backward(gates, c_prev, tanh_c, dh, exp_dc, exp_d)
+    UfuncGateMath(np, B, H, np.float64).backward(gates, c_prev, tanh_c, dh, exp_dc, exp_d, clip)
     got_d, got_dc = np.empty((B, 4 * H)), dc.copy()
-    kernels.backward(ptr(gates), ptr(c_prev), ptr(tanh_c), ptr(dh), H, ptr(got_d), ptr(got_dc),
-                     ctypes.c_ssize_t(B * H))
+    kernels.backward(ptr(gates), ptr(c_prev), ptr(tanh_c), ptr(dh), H, ctypes.c_double(clip), ptr(got_d),
+                     ptr(got_dc), ctypes.c_ssize_t(B * H))
+    if clip:
+        assert np.abs(got_d).max() == clip  # the clamp really engaged
     np.testing.assert_allclose(got_d, exp_d, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(got_dc, exp_dc, rtol=1e-12, atol=1e-14)

@@ -1,0 +1,102 @@
+import pytest
+import torch
+from mutants import ForgetBiasOffByOne
+
+from harness.problem import make_inputs
+from harness.registry import discover
+from harness.sequence import main
+from harness.sequence_task import CONFIGS, GATE_CLIP, clipping_for, init_network, target_sequence
+from harness.training_agreement import agrees, compare, train
+
+
+def test_target_is_the_seeds_sequence():
+    f = target_sequence(960)
+    assert abs(float(f.mean())) < 1e-12
+    t = 0.01 * torch.arange(960, dtype=torch.float64)
+    raw = 0.5 * torch.sin(2 * t) - 0.05 * torch.cos(17 * t + 0.8) + 0.05 * torch.sin(25 * t + 10) \
+        - 0.02 * torch.cos(45 * t + 0.3)
+    assert torch.allclose(f, raw / raw.abs().max() - (raw / raw.abs().max()).mean())
+    assert torch.equal(target_sequence(320), target_sequence(320))
+
+
+def test_configs_and_init_follow_the_seed():
+    assert {(c.name, c.layers, c.hidden, c.length, c.lr) for c in CONFIGS.values()} == {
+        ("lstm_short", 1, 15, 320, 1e-4), ("lstm_long", 1, 50, 960, 1e-4),
+        ("deep_lstm_short", 3, 7, 320, 1e-4), ("deep_lstm_long", 3, 23, 960, 5e-5)}
+    net = init_network(CONFIGS["deep_lstm_long"], seed=3)
+    H = 23
+    for w in net.lstm:
+        assert torch.all((w.b_ih + w.b_hh)[H:2 * H] == 5) and torch.all((w.b_ih + w.b_hh)[:H] == 0)
+        assert 0.08 < float(w.w_hh.std()) < 0.12
+    assert net.w_out.shape == (1, H)
+
+
+def test_clipping_choice():
+    reg = discover()
+    assert clipping_for(reg.get("fused")) == "gate" and clipping_for(reg.get("cudnn")) == "norm"
+    with pytest.raises(ValueError, match="cannot clip gate gradients"):
+        clipping_for(reg.get("cudnn"), "gate")
+
+
+@pytest.mark.parametrize("name", ["fused", "cupy", "modular"])
+def test_gate_clipping_inside_backward_agrees(name, small):
+    """Gate clipping changes the gradients, and every implementation that offers it agrees."""
+    inputs = make_inputs(small.replace(dtype="float64"))
+    dy = inputs.dy * 200  # large enough that the clamp engages
+    grads = {}
+    for impl_name in ("fused", name):
+        impl = discover().get(impl_name)(small.replace(dtype="float64"), inputs.weights)
+        impl.forward(inputs.x, inputs.h0, inputs.c0)
+        grads[impl_name] = impl.backward(dy, inputs.dh_n, inputs.dc_n, gate_clip=GATE_CLIP).named()
+    impl = discover().get("fused")(small.replace(dtype="float64"), inputs.weights)
+    impl.forward(inputs.x, inputs.h0, inputs.c0)
+    unclipped = impl.backward(dy, inputs.dh_n, inputs.dc_n).named()
+    assert not torch.allclose(unclipped["dw_hh[1]"], grads["fused"]["dw_hh[1]"])
+    for key, value in grads["fused"].items():
+        assert torch.allclose(grads[name][key], value, rtol=1e-10, atol=1e-12), key
+
+
+def test_cudnn_refuses_gate_clipping(small):
+    inputs = make_inputs(small)
+    impl = discover().get("cudnn")(small, inputs.weights)
+    impl.forward(inputs.x, inputs.h0, inputs.c0)
+    with pytest.raises(NotImplementedError, match="cannot clip"):
+        impl.backward(inputs.dy, inputs.dh_n, inputs.dc_n, gate_clip=0.1)
+
+
+def test_training_agreement_catches_a_mutant():
+    good = train(discover().get("fused"), "seed", iterations=30)
+    assert agrees(compare(good, train(discover().get("cupy"), "seed", iterations=30)))
+    gaps = compare(good, train(ForgetBiasOffByOne, "seed", iterations=30))
+    assert not agrees(gaps) and gaps["curve"] > 1e-4
+
+
+def test_cli_trains_generates_and_writes(tmp_path, capsys):
+    assert main(["--config", "lstm_short", "--impl", "cupy,cudnn", "--iters", "40", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "lstm_short | cupy | 40 iterations | NMSE" in out and "iterations/s" in out
+    assert "global gradient norm clipped" in out  # cudnn cannot clip gates: says which clipping ran
+    log = (tmp_path / "lstm_short-cupy.log").read_text().splitlines()
+    assert log[0].startswith("# lstm_short") and "target prediction" in log
+    pairs = log[log.index("target prediction") + 1:]
+    assert len(pairs) == 320 and all(len(p.split()) == 2 for p in pairs)
+    assert (tmp_path / "lstm_short-cupy.png").stat().st_size > 10_000
+    losses = (tmp_path / "lstm_short-cudnn-loss.csv").read_text().splitlines()
+    assert losses[0] == "iteration,loss" and len(losses) == 41
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config", "huge"], "--config: unknown configuration 'huge'"),
+    (["--impl", "nope"], "--impl: unknown implementation 'nope'"),
+    (["--iters", "0"], "argument --iters: '0' must be positive"),
+    (["--iters", "-5"], "argument --iters: '-5' must be positive"),
+    (["--iters", "ten"], "argument --iters: 'ten' is not an integer"),
+    (["--lr=-1e-4"], "argument --lr: '-1e-4' must be positive"),
+    (["--lr", "0"], "argument --lr: '0' must be positive"),
+    (["--impl", "cudnn", "--clipping", "gate"], "cudnn cannot clip gate gradients"),
+])
+def test_bad_options_are_usage_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(args + ["--iters", "1"] if "--iters" not in args else args)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
