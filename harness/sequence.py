@@ -20,8 +20,17 @@ from tqdm import tqdm
 
 from harness.grid import DEVICE_CHOICES, GridError, resolve_device
 from harness.registry import RegistryError, discover
-from harness.sequence_task import (CLIPPING_MODES, CONFIGS, Trainer, clipping_for, describe_clipping, generate,
-                                   init_network, nmse, target_sequence)
+from harness.sequence_task import (
+    CLIPPING_MODES,
+    CONFIGS,
+    Trainer,
+    clipping_for,
+    describe_clipping,
+    generate,
+    init_network,
+    nmse,
+    target_sequence,
+)
 
 DTYPES = {"float32": "float32", "float64": "float64"}
 

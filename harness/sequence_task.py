@@ -77,7 +77,8 @@ def init_network(config: SeqConfig, seed: int = 0, dtype=torch.float64, device="
     for l in range(config.layers):
         b_ih = zeros(4 * H)
         b_ih[H:2 * H] = 5.0  # forget gate (canonical order i, f, g, o): remember by default
-        layers.append(LayerWeights(gaussian(4 * H, INPUT_SIZE if l == 0 else H), gaussian(4 * H, H), b_ih, zeros(4 * H)))
+        width = INPUT_SIZE if l == 0 else H
+        layers.append(LayerWeights(gaussian(4 * H, width), gaussian(4 * H, H), b_ih, zeros(4 * H)))
     return Network(layers, gaussian(1, H), zeros(1))
 
 
