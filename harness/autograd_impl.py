@@ -23,6 +23,10 @@ class AutogradImpl(Impl):
     def _forward(self, x, h0, c0):
         raise NotImplementedError
 
+    def parameter_tensors(self) -> list[torch.Tensor]:
+        """Weights, which the saved-bytes measurement does not count as kept activations."""
+        return [t for layer in self.parameters() for t in layer.tensors()]
+
     def set_weights(self, weights: list[LayerWeights]) -> None:
         """Copy into the existing parameters: no new module, no new graph leaves."""
         with torch.no_grad():

@@ -82,6 +82,11 @@ class Impl(abc.ABC):
         """Label of what actually computes on `problem`'s device (kernel library, version)."""
         return f"PyTorch {torch.__version__} ops ({problem.device})"
 
+    def saved_bytes(self) -> int | None:
+        """Bytes the last forward keeps for backward, for implementations outside autograd
+        (autograd ones are measured through saved-tensor hooks). None: cannot say."""
+        return None
+
     def set_weights(self, weights: list[LayerWeights]) -> None:
         """Take new canonical weights (a training step). Default: convert them afresh."""
         self.__init__(self.problem, weights)

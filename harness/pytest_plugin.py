@@ -129,4 +129,5 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
         "grid": s.grid.name, "grid_about": s.grid.about, "device": s.device, "seed": s.seed,
         "warmup": s.warmup, "rounds": s.rounds, "min_rounds": s.min_rounds, "max_time": s.max_time,
         "not_timed": session.outcomes,
+        "ceilings": [c.as_dict() for c in session.ceilings.values()],
     }

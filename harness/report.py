@@ -29,6 +29,15 @@ def format_ms(value: float) -> str:
     return f"{value:.3f}"
 
 
+def format_bytes(value) -> str:
+    if value is None or pd.isna(value):
+        return "-"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if value >= size:
+            return f"{value / size:.1f} {unit}"
+    return f"{int(value)} B"
+
+
 def problem_table(rows: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """The seed's table for one problem: median ms per phase, bold minima, speedups."""
     medians = rows.pivot_table(index="impl", columns="phase", values="median_ms", aggfunc="last")
@@ -42,6 +51,21 @@ def problem_table(rows: pd.DataFrame, baseline: str) -> pd.DataFrame:
         for phase in medians.columns:
             table[f"{phase.capitalize()} vs {baseline}"] = [
                 f"{medians.at[baseline, phase] / v:.2f}x" for v in medians[phase]]
+    by_phase = rows.set_index(["impl", "phase"])
+    main_phase = "total" if "total" in medians.columns else medians.columns[0]
+    rate = by_phase.xs(main_phase, level="phase").reindex(medians.index)
+    gpu = (rows.device == "cuda").any()
+    unit, scale = ("TFLOP/s", 1e-3) if gpu else ("GFLOP/s", 1)
+    table[f"{main_phase.capitalize()} {unit}"] = [f"{v * scale:.3g}" for v in rate.gflops_per_s]
+    if rate.percent_of_ceiling.notna().any():
+        table["% of ceiling"] = [f"{v:.0f}%" if pd.notna(v) else "-" for v in rate.percent_of_ceiling]
+    if rate.saved_bytes.notna().any():
+        table["Kept for backward"] = [format_bytes(v) for v in rate.saved_bytes]
+    if gpu and rows.peak_bytes.notna().any():
+        peaks = rows.pivot_table(index="impl", columns="phase", values="peak_bytes", aggfunc="last")
+        for phase in ("forward", "backward"):
+            if phase in peaks:
+                table[f"Peak {phase}"] = [format_bytes(v) for v in peaks[phase].reindex(medians.index)]
     table.index.name = "Code"
     return table
 
@@ -64,6 +88,11 @@ def render(results: Results, baseline: str, title: str) -> str:
             f"- **Software**: {_versions(env)}; lstm-harness {env.get('harness')} at {commit}",
             f"- **Run**: {run.path.name}, {run.datetime}; grid `{s.get('grid', '?')}` ({s.get('grid_about', '')})",
         ]
+    for run in results.runs:
+        for c in run.settings.get("ceilings", []):
+            lines.append(f"- **Ceiling**: {c['gflops']:.1f} GFLOP/s, measured: {c['how']}; "
+                         "each row's rate counts its phase's GEMM FLOPs (forward 2*T*B*4H*(I+H) per layer, "
+                         "backward twice that)")
     if not t.empty:
         rounds = f"{int(t['rounds'].min())} to {int(t['rounds'].max())}"
         warmups = sorted({int(w) for w in t["warmup_rounds"].dropna()}) or ["?"]

@@ -67,11 +67,16 @@ def _row(path: Path, index: int, bench: dict, device_name: str) -> dict:
                "median_ms": stats["median"] * 1e3, "q1_ms": stats["q1"] * 1e3, "q3_ms": stats["q3"] * 1e3,
                "iqr_ms": stats["iqr"] * 1e3, "mean_ms": stats["mean"] * 1e3, "min_ms": stats["min"] * 1e3,
                "stddev_ms": stats["stddev"] * 1e3, "rounds": stats["rounds"],
-               "warmup_rounds": info.get("warmup_rounds"), "device_name": device_name, "run": path.name}
+               "warmup_rounds": info.get("warmup_rounds"), "device_name": device_name, "run": path.name,
+               # Added later: absent from older results files.
+               "ceiling_gflops": info.get("ceiling_gflops"), "saved_bytes": info.get("saved_bytes"),
+               "peak_bytes": info.get("peak_bytes")}
     except (KeyError, TypeError) as exc:
         raise ResultsError(f"{path}: benchmark #{index} ({bench.get('name', '?')}) lacks field {exc}; "
                            "the file is corrupt or from another tool") from None
     row["gflops_per_s"] = row["flops"] / (row["median_ms"] * 1e-3) / 1e9 if row["median_ms"] > 0 else float("nan")
+    ceiling = row["ceiling_gflops"]
+    row["percent_of_ceiling"] = 100 * row["gflops_per_s"] / ceiling if ceiling else float("nan")
     return row
 
 

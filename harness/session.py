@@ -23,8 +23,10 @@ from harness.grid import (
     resolve_grid,
 )
 from harness.impl import Impl
+from harness.memory import saved_bytes
 from harness.problem import DTYPES, PHASES, Inputs, Problem, make_inputs
 from harness.registry import Registration, Registry, discover
+from harness.roofline import Ceiling, measure_ceiling
 
 
 @dataclass
@@ -70,6 +72,8 @@ class BenchSession:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.agreements: dict[tuple[str, Problem], Agreement] = {}
+        self.saved: dict[tuple[str, Problem], int | None] = {}  # bytes kept from forward for backward
+        self.ceilings: dict[tuple[str, str], Ceiling] = {}
         self.outcomes: list[dict] = []  # points that were skipped or failed, for the results file
         self._inputs: tuple[Problem, Inputs] | None = None
         self._prepared: tuple[tuple[str, Problem], Impl] | None = None
@@ -109,10 +113,17 @@ class BenchSession:
             self.agreements[key] = agreement
             if not agreement.passed:
                 raise AgreementError(agreement)
+            self.saved[key] = saved_bytes(impl, inputs)
         else:
             impl = reg.cls(problem, inputs.weights)
         self._prepared = (key, impl)
         return impl, inputs, agreement
+
+    def ceiling(self, problem: Problem) -> Ceiling:
+        """The device's GEMM ceiling for the problem's dtype, measured once per run."""
+        ceiling = measure_ceiling(problem.device, problem.dtype)
+        self.ceilings[(problem.device, problem.dtype)] = ceiling
+        return ceiling
 
     def release(self) -> None:
         """Drop the prepared implementation (after a crash or out-of-memory too)."""

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from harness.impl import Impl
+from harness.memory import peak_bytes
 from harness.problem import Inputs
 
 
@@ -64,13 +65,22 @@ def phase_functions(impl: Impl, inputs: Inputs, phase: str, device: str
     raise ValueError(f"unknown phase {phase!r}")
 
 
-def probe_seconds(target: Callable[[], object], setup: Callable[[], None] | None) -> float:
-    """Time one call (also a warm-up), to size the number of rounds."""
+def probe(target: Callable[[], object], setup: Callable[[], None] | None, device: str) -> tuple[float, int | None]:
+    """One untimed-by-the-benchmark call (also a warm-up): its seconds size the rounds, and on
+    CUDA its peak allocation is the phase's peak memory."""
     if setup is not None:
         setup()
-    start = time.perf_counter()
-    target()
-    return time.perf_counter() - start
+    seconds = []
+
+    def timed():
+        start = time.perf_counter()
+        target()
+        seconds.append(time.perf_counter() - start)
+
+    peak = peak_bytes(timed, device)
+    if not seconds:
+        timed()
+    return seconds[0], peak
 
 
 def choose_rounds(seconds_per_call: float, max_time: float, min_rounds: int, max_rounds: int = 1000) -> int:

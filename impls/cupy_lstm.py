@@ -200,6 +200,10 @@ class CupyLSTM(Impl):
         self.math = self.math_cls(xp, B, H, dtype)
         self.shape = (T, B)
 
+    def saved_bytes(self) -> int:
+        """Activations kept for backward: gates, hidden and cell states, tanh(c), per layer."""
+        return sum(int(layer[k].nbytes) for layer in self.layers for k in ("gates", "h", "c", "tanh_c"))
+
     def forward(self, x, h0, c0) -> Outputs:
         xp = self.xp
         x, h0, c0 = self._array(x), self._array(h0), self._array(c0)

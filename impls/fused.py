@@ -72,6 +72,10 @@ class FusedLSTM(Impl):
         """dW_h over all steps as ONE GEMM: d_gates [T*B, 4H]^T @ h_prev [T*B, H]."""
         return d_gates.t() @ h_prev
 
+    def saved_bytes(self) -> int:
+        """Activations kept for backward: gates, hidden and cell states, tanh(c), per layer."""
+        return sum(t.nbytes for layer in self.layers for t in (layer.gates, layer.h, layer.c, layer.tanh_c))
+
     @torch.no_grad()
     def forward(self, x, h0, c0) -> Outputs:
         T, B, H = x.shape[0], x.shape[1], self.problem.hidden

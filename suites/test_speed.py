@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness.agreement import AgreementError
-from harness.timing import choose_rounds, phase_functions, probe_seconds, strict_fp32
+from harness.timing import choose_rounds, phase_functions, probe, strict_fp32
 
 
 def test_speed(benchmark, lstm_case, lstm_session):
@@ -19,16 +19,19 @@ def test_speed(benchmark, lstm_case, lstm_session):
         pytest.skip(f"{reg.name} cannot run {problem.id} here: {support.reason}")
     try:
         with strict_fp32(problem.device) as precision:
+            ceiling = lstm_session.ceiling(problem)  # measured before any implementation is timed
             impl, inputs, agreement = lstm_session.validated(reg, problem)
             target, setup = phase_functions(impl, inputs, phase, problem.device)
-            rounds = settings.rounds or choose_rounds(probe_seconds(target, setup), settings.max_time,
-                                                      settings.min_rounds)
+            seconds, peak = probe(target, setup, problem.device)
+            rounds = settings.rounds or choose_rounds(seconds, settings.max_time, settings.min_rounds)
             benchmark.group = f"{problem.id} {phase}"
             benchmark.extra_info.update(
                 impl=reg.name, backend=reg.cls.backend(problem), origin=reg.origin, phase=phase,
                 problem_id=problem.id, **problem.as_dict(), flops=problem.flops(phase),
                 agreement_max_error=agreement.max_error, agreement_tolerance=agreement.tolerance,
                 agreement_errors=agreement.errors, seed=settings.seed, warmup_rounds=settings.warmup,
+                ceiling_gflops=ceiling.gflops, saved_bytes=lstm_session.saved.get((reg.name, problem)),
+                peak_bytes=peak,
                 **precision,
             )
             benchmark.pedantic(target, setup=setup, rounds=rounds, warmup_rounds=settings.warmup)

@@ -1,0 +1,44 @@
+import torch
+
+from harness.memory import saved_bytes
+from harness.problem import Problem, make_inputs
+from harness.registry import discover
+from harness.roofline import measure_ceiling
+
+
+def test_ceiling_is_measured_once_and_described():
+    ceiling = measure_ceiling("cpu", "float32", size=256, repeats=3)
+    assert ceiling.gflops > 0.1
+    assert measure_ceiling("cpu", "float32", size=256, repeats=3) is ceiling
+    assert "256 x 256 x 256" in ceiling.how and "median of 3" in ceiling.how
+    assert ceiling.as_dict()["gflops"] == ceiling.gflops
+
+
+def test_saved_bytes_of_hand_written_impls_are_their_activation_buffers():
+    p = Problem(batch=4, length=10, input_size=6, hidden=8, layers=2)
+    inputs = make_inputs(p)
+    per_layer = 4 * (10 * 4 * 32 + 2 * 11 * 4 * 8 + 10 * 4 * 8)  # gates; h, c (T+1 rows); tanh_c (T rows)
+    for name in ("fused", "cupy"):
+        impl = discover().get(name)(p, inputs.weights)
+        assert saved_bytes(impl, inputs) == 2 * per_layer, name
+
+
+def test_saved_bytes_of_autograd_impls_are_hooked_and_exclude_weights_and_inputs():
+    p = Problem(batch=4, length=10, input_size=6, hidden=8, layers=2)
+    inputs = make_inputs(p)
+    modular = discover().get("modular")(p, inputs.weights)
+    measured = saved_bytes(modular, inputs)
+    weights = sum(t.nbytes for w in inputs.weights for t in w.tensors())
+    gates = 2 * 10 * 4 * 32 * 4  # at least one gate-sized tensor per step and layer is kept
+    assert gates <= measured < gates * 6
+    # Grows with the sequence, not with the weights: twice the steps, about twice the bytes.
+    longer = p.replace(length=20)
+    modular_long = discover().get("modular")(longer, make_inputs(longer).weights)
+    assert 1.8 < saved_bytes(modular_long, make_inputs(longer)) / measured < 2.2
+    assert measured != weights
+
+
+def test_peak_memory_is_cuda_only():
+    from harness.memory import peak_bytes
+
+    assert peak_bytes(lambda: torch.ones(10), "cpu") is None
