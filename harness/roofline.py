@@ -34,7 +34,7 @@ class Ceiling:
         return {**asdict(self), "how": self.how}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def measure_ceiling(device: str, dtype: str, size: int | None = None, repeats: int = REPEATS) -> Ceiling:
     """Median GFLOP/s of a large matrix product (device completion included); cached per run."""
     n = size or SIZES[device]

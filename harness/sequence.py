@@ -131,11 +131,9 @@ def write_outputs(run: dict, args) -> list[Path]:
         stem.parent / f"{stem.name}-loss.csv", index=False)
     written = [stem.with_suffix(".log"), stem.parent / f"{stem.name}-loss.csv"]
     if not args.no_plot:
-        from harness.sequence_plot import plot_run
+        from harness.sequence_plot import replot
 
-        subtitle = (f"training loss: {args.iters} iterations, {args.optimizer} lr {run['lr']:g}; "
-                    f"clipping: {run['clipping'].split(' (')[0]}")
-        written.append(plot_run(run, subtitle, stem.with_suffix(".png")))
+        written.append(replot(stem.with_suffix(".log")))
     return written
 
 

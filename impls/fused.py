@@ -1,11 +1,17 @@
 """`fused`: the seed's fast design in PyTorch with a hand-written backward.
 
-Gates are reordered to i, f, o, g so the three sigmoid gates are one contiguous block. The
-input projection of all T steps (both biases folded in) is ONE GEMM; each step does one
-recurrent GEMM into place and the gate math in place. Backward walks time in reverse with one
-GEMM per step for dh, then computes the recurrent-weight gradient as ONE GEMM over all steps
-(h_0 included: hidden states live in a [T+1, B, H] buffer whose row 0 is h_0), the input-weight
-gradient, the bias gradient and dx as one operation each. No autograd graph anywhere.
+Gates are reordered to o, i, f, g: the three sigmoid gates are one contiguous block (one
+activation call), and so are the three gates whose gradient is dc times something (one
+broadcast multiply in backward). The input projection of all T steps (both biases folded in)
+is ONE GEMM; each step does one recurrent GEMM and the gate math. Backward walks time in
+reverse with one GEMM per step for dh, then computes the recurrent-weight gradient as ONE GEMM
+over all steps (h_0 included: hidden states live in a [T+1, B, H] buffer whose row 0 is h_0),
+the input-weight gradient, the bias gradient and dx as one operation each. No autograd graph.
+
+On the CPU the per-step GEMMs use weights prepacked once by oneDNN (the path PyTorch's own
+compiler takes for frozen linear layers), with the addend fused in; elsewhere torch.addmm.
+Everything that does not depend on the recurrence (activation derivatives, products with the
+saved gates) is computed for all steps at once, leaving five small operations per step.
 """
 
 from __future__ import annotations
@@ -13,27 +19,63 @@ from __future__ import annotations
 import torch
 
 from harness.impl import Grads, Impl, Outputs
-from harness.layout import sigmoid_gates_first
 from harness.problem import LayerWeights, Problem
 from harness.registry import register
 
 
-class _Layer:
-    """One layer's weights in fused layout and its activation buffers."""
+def output_gate_first(hidden: int) -> torch.Tensor:
+    """Rows of the canonical i, f, g, o block in the order o, i, f, g."""
+    i, f, g, o = torch.arange(4 * hidden).chunk(4)
+    return torch.cat([o, i, f, g])
 
-    def __init__(self, w_x, w_h, bias):
-        self.w_x, self.w_h, self.bias = w_x, w_h, bias  # [4H, I], [4H, H], [4H]
+
+def packed_gemm_available(problem: Problem) -> bool:
+    return (problem.device == "cpu" and problem.dtype == "float32" and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+class Gemm:
+    """x @ w^T + addend for a fixed weight w [out, in]: oneDNN-prepacked when `packed`."""
+
+    def __init__(self, w: torch.Tensor, batch: int, packed: bool) -> None:
+        self.w = w
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(w, batch) if packed else None
+
+    def __call__(self, x: torch.Tensor, addend: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+        if self.packed is None:
+            if addend is None:
+                return torch.mm(x, self.w.t(), out=out)
+            return torch.addmm(addend, x, self.w.t(), out=out)
+        if addend is None:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise.binary(x, addend, self.packed, None, "add")
+
+
+class _Layer:
+    """One layer's weights (forward: fused gate order; backward: canonical), its per-step GEMMs
+    and activation buffers."""
+
+    def __init__(self, w_x, w_h, bias, canonical: LayerWeights):
+        self.w_x, self.w_h, self.bias = w_x, w_h, bias  # [4H, I], [4H, H], [4H], gates o, i, f, g
+        # Backward writes dA in canonical order, so dW, db and dx come out canonical with no
+        # permutation copies: it needs the canonical weights.
+        self.w_x_canonical, self.w_h_canonical = canonical.w_ih.contiguous(), canonical.w_hh.contiguous()
         self.shape = None
 
-    def buffers(self, T: int, B: int, H: int, like: torch.Tensor) -> None:
+    def buffers(self, T: int, B: int, H: int, like: torch.Tensor, packed: bool) -> None:
         if self.shape == (T, B):
             return
         new = lambda *s: torch.empty(*s, dtype=like.dtype, device=like.device)  # noqa: E731
-        self.gates = new(T, B, 4 * H)  # activated gates i, f, o, g per step
+        self.gates = new(T, B, 4 * H)  # input projection, then (after step t) activated gates o, i, f, g
         self.h = new(T + 1, B, H)  # h[0] = h_0, h[t+1] = h_t
         self.c = new(T + 1, B, H)  # c[0] = c_0, c[t+1] = c_t
         self.tanh_c = new(T, B, H)
-        self.d_gates = new(T, B, 4 * H)
+        self.d_gates = new(T, B, 4 * H)  # dA in canonical order i, f, g, o
+        self.pre = new(B, 4 * H)  # scratch for one step's pre-activation
+        if self.shape is None or self.shape[1] != B:  # prepacking is tuned to the batch size
+            self.forward_gemm = Gemm(self.w_h, B, packed)  # h_{t-1} @ W_h^T
+            self.backward_gemm = Gemm(self.w_h_canonical.t().contiguous(), B, packed)  # dA_t @ W_h
         self.shape = (T, B)
 
 
@@ -43,29 +85,36 @@ class FusedLSTM(Impl):
     description = ("seed's fused design: one input GEMM for all steps, one GEMM for the recurrent-weight "
                    "gradient, hand-written backward")
     gate_clipping = True
+    use_packed_gemm = True  # tests turn it off to cover the torch.addmm path everywhere
+
+    @classmethod
+    def backend(cls, problem: Problem) -> str:
+        if cls.use_packed_gemm and packed_gemm_available(problem):
+            return f"PyTorch {torch.__version__} ops, oneDNN-prepacked per-step GEMMs (cpu)"
+        return f"PyTorch {torch.__version__} ops, torch.addmm GEMMs ({problem.device})"
 
     def __init__(self, problem: Problem, weights: list[LayerWeights]) -> None:
         super().__init__(problem, weights)
-        self.perm = self._gate_permutation(problem.hidden).to(problem.device)
-        self.inverse_perm = torch.argsort(self.perm)
+        self.packed = self.use_packed_gemm and packed_gemm_available(problem)
+        perm = self._gate_permutation(problem.hidden).to(problem.device)
         self.layers = [
-            _Layer(w.w_ih[self.perm].contiguous(), w.w_hh[self.perm].contiguous(),
-                   self._combined_bias(w)[self.perm].contiguous())
+            _Layer(w.w_ih[perm].contiguous(), w.w_hh[perm].contiguous(), self._combined_bias(w)[perm].contiguous(), w)
             for w in weights
         ]
 
     # Small seams: each is one step of the algorithm, named so tests can plant a bug in it.
     @staticmethod
     def _gate_permutation(hidden: int) -> torch.Tensor:
-        return sigmoid_gates_first(hidden)
+        return output_gate_first(hidden)
 
     @staticmethod
     def _combined_bias(w: LayerWeights) -> torch.Tensor:
         return w.b_ih + w.b_hh
 
     @staticmethod
-    def _recurrent_product(a: torch.Tensor, h_prev: torch.Tensor, w_h: torch.Tensor) -> None:
-        a.addmm_(h_prev, w_h.t())
+    def _recurrent_product(layer: _Layer, h_prev: torch.Tensor, x_proj: torch.Tensor) -> torch.Tensor:
+        """This step's pre-activations: x_proj + h_prev @ W_h^T."""
+        return layer.forward_gemm(h_prev, x_proj, out=layer.pre)
 
     @staticmethod
     def _recurrent_weight_grad(d_gates: torch.Tensor, h_prev: torch.Tensor) -> torch.Tensor:
@@ -82,7 +131,7 @@ class FusedLSTM(Impl):
         self.x = x
         layer_input = x
         for l, layer in enumerate(self.layers):
-            layer.buffers(T, B, H, x)
+            layer.buffers(T, B, H, x, self.packed)
             gates, h, c, tanh_c = layer.gates, layer.h, layer.c, layer.tanh_c
             # All T input projections and both biases in one GEMM, straight into the buffer.
             torch.addmm(layer.bias, layer_input.reshape(T * B, -1), layer.w_x.t(),
@@ -91,13 +140,13 @@ class FusedLSTM(Impl):
             c[0].copy_(c0[l])
             for t in range(T):
                 a = gates[t]
-                self._recurrent_product(a, h[t], layer.w_h)
-                a[:, :3 * H].sigmoid_()
-                a[:, 3 * H:].tanh_()
-                torch.mul(a[:, H:2 * H], c[t], out=c[t + 1])
-                c[t + 1].addcmul_(a[:, :H], a[:, 3 * H:])
+                pre = self._recurrent_product(layer, h[t], a)
+                torch.sigmoid(pre[:, :3 * H], out=a[:, :3 * H])  # o, i, f
+                torch.tanh(pre[:, 3 * H:], out=a[:, 3 * H:])  # g
+                torch.mul(a[:, 2 * H:3 * H], c[t], out=c[t + 1])
+                c[t + 1].addcmul_(a[:, H:2 * H], a[:, 3 * H:])
                 torch.tanh(c[t + 1], out=tanh_c[t])
-                torch.mul(a[:, 2 * H:3 * H], tanh_c[t], out=h[t + 1])
+                torch.mul(a[:, :H], tanh_c[t], out=h[t + 1])
             layer_input = h[1:]
         # y aliases the top layer's buffer: valid until the next forward, like any workspace.
         return Outputs(layer_input,
@@ -114,34 +163,35 @@ class FusedLSTM(Impl):
         for l in reversed(range(len(self.layers))):
             layer = self.layers[l]
             gates, d_gates, c, tanh_c = layer.gates, layer.d_gates, layer.c, layer.tanh_c
-            # Step-independent factors, vectorised over all T at once:
-            # d_gates starts as the activation derivatives (s(1-s) for i, f, o; 1-g^2 for g) ...
-            torch.mul(gates, gates, out=d_gates)
-            torch.sub(gates[..., :3 * H], d_gates[..., :3 * H], out=d_gates[..., :3 * H])
-            d_gates[..., 3 * H:].neg_().add_(1)
-            # ... and dc_t/dh_t = o * (1 - tanh(c)^2).
-            dc_dh = (1 - tanh_c * tanh_c).mul_(gates[..., 2 * H:3 * H])
-            scratch = torch.empty(B, 4 * H, dtype=dy.dtype, device=dy.device)
-            dh, dc = dh_n[l].clone(), dc_n[l].clone()
+            o, i, f, g = (gates[..., k * H:(k + 1) * H] for k in range(4))
+            # Everything that does not depend on the recurrence, for all T steps at once.
+            # Activation derivatives (fused order): s(1 - s) for o, i, f and 1 - g^2 for g ...
+            deriv = torch.mul(gates, gates)
+            torch.sub(gates[..., :3 * H], deriv[..., :3 * H], out=deriv[..., :3 * H])
+            deriv[..., 3 * H:].neg_().add_(1)
+            # ... folded into what multiplies dh (for o) and dc (for i, f, g) in each step.
+            dh_factor = tanh_c * deriv[..., :H]
+            dc_factor = torch.stack([g * deriv[..., H:2 * H], c[:T] * deriv[..., 2 * H:3 * H],
+                                     i * deriv[..., 3 * H:]], dim=2)  # [T, B, 3, H]
+            dc_dh = (1 - tanh_c * tanh_c).mul_(o)  # dc_t/dh_t
+            dh = dh_n[l] + d_out[T - 1]
+            dc = dc_n[l].clone()
             for t in reversed(range(T)):
-                a, da = gates[t], d_gates[t]
-                dh.add_(d_out[t])
-                torch.mul(dh, tanh_c[t], out=scratch[:, 2 * H:3 * H])  # d o
+                da = d_gates[t]  # canonical order: i, f, g, then o
                 dc.addcmul_(dh, dc_dh[t])
-                torch.mul(dc, a[:, 3 * H:], out=scratch[:, :H])  # d i
-                torch.mul(dc, c[t], out=scratch[:, H:2 * H])  # d f
-                torch.mul(dc, a[:, :H], out=scratch[:, 3 * H:])  # d g
-                da.mul_(scratch)  # through the nonlinearities: pre-activation gradients
+                torch.mul(dc_factor[t], dc.unsqueeze(1), out=da[:, :3 * H].view(B, 3, H))  # i, f, g
+                torch.mul(dh, dh_factor[t], out=da[:, 3 * H:])  # o
                 if gate_clip is not None:
                     da.clamp_(-gate_clip, gate_clip)
-                dc.mul_(a[:, H:2 * H])  # dc_{t-1}
-                torch.mm(da, layer.w_h, out=dh)  # dh_{t-1}: the one GEMM per step
+                dc.mul_(f[t])  # dc_{t-1}
+                # dh_{t-1} = dA_t W_h (+ dy_{t-1}): the one GEMM per step.
+                dh = layer.backward_gemm(da, d_out[t - 1] if t > 0 else None, out=dh)
             dh0[l], dc0[l] = dh, dc
             flat = d_gates.view(T * B, 4 * H)
             layer_input = (self.x if l == 0 else self.layers[l - 1].h[1:]).reshape(T * B, -1)
             d_w_h = self._recurrent_weight_grad(flat, layer.h[:T].reshape(T * B, H))
             d_w_x = flat.t() @ layer_input
-            d_b = flat.sum(0)[self.inverse_perm]
-            grads[l] = LayerWeights(d_w_x[self.inverse_perm], d_w_h[self.inverse_perm], d_b, d_b.clone())
-            d_out = (flat @ layer.w_x).view(T, B, -1)  # dx of this layer = dy of the one below
+            d_b = flat.sum(0)
+            grads[l] = LayerWeights(d_w_x, d_w_h, d_b, d_b.clone())
+            d_out = (flat @ layer.w_x_canonical).view(T, B, -1)  # dx of this layer = dy of the one below
         return Grads(d_out, dh0, dc0, grads)

@@ -17,8 +17,8 @@ class RowZeroRecurrence(FusedLSTM):
     description = "recurrent product of batch row 0 added to every row"
 
     @staticmethod
-    def _recurrent_product(a, h_prev, w_h):
-        a.add_(h_prev[:1] @ w_h.t())
+    def _recurrent_product(layer, h_prev, x_proj):
+        return x_proj + h_prev[:1] @ layer.w_h.t()
 
 
 class WrongGateOrder(FusedLSTM):

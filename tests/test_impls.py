@@ -56,3 +56,17 @@ def test_cupy_without_gpu_runs_numpy_on_cpu_and_declines_cuda(monkeypatch, small
     support = cls.supports(on_cuda)
     assert not support.ok and "CuPy is not installed" in support.reason
     assert "CuPy is not installed" in cls.backend(on_cuda)
+
+
+@pytest.mark.parametrize("problem", SHAPES[:3], ids=lambda p: p.id)
+def test_fused_without_prepacked_gemms_agrees_too(problem):
+    """The oneDNN-prepacked path is a CPU float32 feature; the torch.addmm path serves the rest."""
+    from impls.fused import FusedLSTM, packed_gemm_available
+
+    class Unpacked(FusedLSTM):
+        use_packed_gemm = False
+
+    assert "addmm" in Unpacked.backend(problem)
+    assert ("oneDNN" in FusedLSTM.backend(problem)) == packed_gemm_available(problem)
+    agreement, impl = check_agreement(Unpacked, problem)
+    assert agreement.passed and not impl.packed, agreement.table()
