@@ -13,8 +13,25 @@ from dataclasses import dataclass
 import torch
 
 # Storage dtype per precision mode. Kept here so the problem, the agreement table and the
-# option parser all agree on which modes exist.
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+# option parser all agree on which modes exist. tf32 stores float32 and lets cuBLAS and cuDNN
+# round GEMM inputs to TF32 on tensor cores.
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64, "tf32": torch.float32,
+                                  "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def dtype_support(device: str, dtype: str) -> tuple[bool, str]:
+    """Whether `device` runs precision mode `dtype` as a real mode (not an emulation), and why not."""
+    if dtype in ("float32", "float64"):
+        return True, ""
+    if dtype == "bfloat16":
+        if device == "cpu" or torch.cuda.is_bf16_supported():
+            return True, ""
+        return False, "bfloat16 needs a GPU of compute capability 8.0 or newer"
+    if device == "cpu":
+        return False, f"{dtype} is a GPU mode (the CPU would emulate it, not run it)"
+    if dtype == "tf32" and torch.cuda.get_device_capability()[0] < 8:
+        return False, "tf32 needs tensor cores of compute capability 8.0 or newer"
+    return True, ""
 DEVICES = ("cpu", "cuda")
 PHASES = ("forward", "backward", "total")
 

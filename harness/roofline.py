@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from harness.problem import DTYPES
-from harness.timing import synchronize
+from harness.timing import precision, synchronize
 
 # Square matrix products big enough to run at the device's best rate.
 SIZES = {"cpu": 2048, "cuda": 8192}
@@ -41,12 +41,13 @@ def measure_ceiling(device: str, dtype: str, size: int | None = None, repeats: i
     gen = torch.Generator().manual_seed(0)
     a, b = (torch.rand(n, n, generator=gen).to(device=device, dtype=DTYPES[dtype]) for _ in range(2))
     out = torch.empty(n, n, device=device, dtype=DTYPES[dtype])
-    torch.mm(a, b, out=out)  # warm-up: library initialisation, caches
-    synchronize(device)
     rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b, out=out)
+    with precision(dtype):
+        torch.mm(a, b, out=out)  # warm-up: library initialisation, caches
         synchronize(device)
-        rates.append(2 * n**3 / (time.perf_counter() - start) / 1e9)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.mm(a, b, out=out)
+            synchronize(device)
+            rates.append(2 * n**3 / (time.perf_counter() - start) / 1e9)
     return Ceiling(device, dtype, statistics.median(rates), n, repeats)

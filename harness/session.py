@@ -15,6 +15,7 @@ import torch
 from harness.agreement import Agreement, AgreementError, check_agreement
 from harness.grid import (
     Grid,
+    GridError,
     build_problems,
     parse_choices,
     parse_number,
@@ -24,7 +25,7 @@ from harness.grid import (
 )
 from harness.impl import Impl
 from harness.memory import saved_bytes
-from harness.problem import DTYPES, PHASES, Inputs, Problem, make_inputs
+from harness.problem import DTYPES, PHASES, Inputs, Problem, dtype_support, make_inputs
 from harness.registry import Registration, Registry, discover
 from harness.roofline import Ceiling, measure_ceiling
 
@@ -54,6 +55,10 @@ class Settings:
                     for axis, opt in (("batch", "batch"), ("length", "length"), ("hidden", "hidden"),
                                       ("input_size", "input"), ("layers", "layers"))}
         dtypes = parse_choices("--lstm-dtype", get("lstm_dtype"), list(DTYPES)) or ("float32",)
+        for dtype in dtypes:
+            ok, reason = dtype_support(device, dtype)
+            if not ok:
+                raise GridError(f"--lstm-dtype: {dtype} cannot run on {device}: {reason}")
         problems = build_problems(grid, device, dtypes, **explicit)
         timing = {
             "rounds": parse_number("--lstm-rounds", get("lstm_rounds"), int, minimum=1),

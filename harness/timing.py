@@ -21,17 +21,19 @@ def synchronize(device: str) -> None:
 
 
 @contextlib.contextmanager
-def strict_fp32(device: str) -> Iterator[dict]:
-    """Pin TF32 off for agreement and timing, so cuDNN and cuBLAS paths compute alike.
+def precision(dtype: str) -> Iterator[dict]:
+    """Pin TF32 for agreement and timing: on only in the tf32 mode, off everywhere else, so
+    cuDNN and cuBLAS paths compute alike.
 
     torch defaults cudnn.allow_tf32 to True and matmul.allow_tf32 to False: left alone,
     nn.LSTM would run in TF32 against strict-fp32 hand-written kernels.
     """
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    tf32 = dtype == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
     try:
-        yield {"matmul_allow_tf32": False, "cudnn_allow_tf32": False}
+        yield {"matmul_allow_tf32": tf32, "cudnn_allow_tf32": tf32}
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 

@@ -148,6 +148,10 @@ class CupyLSTM(Impl):
 
     @classmethod
     def supports(cls, problem: Problem) -> Support:
+        if problem.dtype == "bfloat16":
+            return Support.no("NumPy and CuPy have no bfloat16")
+        if problem.dtype == "tf32":
+            return Support.no("CuPy's TF32 GEMMs are a process-wide switch (CUPY_TF32), not a per-run mode")
         if problem.device == "cuda":
             ok, reason = cupy_usable()
             if not ok:

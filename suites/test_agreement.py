@@ -7,7 +7,7 @@ Under --benchmark-only pytest skips this file; the speed suite then runs the ver
 import pytest
 
 from harness.agreement import AgreementError
-from harness.timing import strict_fp32
+from harness.timing import precision
 
 
 def test_agreement(lstm_point, lstm_session):
@@ -16,7 +16,7 @@ def test_agreement(lstm_point, lstm_session):
     if not support.ok:
         pytest.skip(f"{reg.name} cannot run {problem.id} here: {support.reason}")
     try:
-        with strict_fp32(problem.device):
+        with precision(problem.dtype):
             _, _, agreement = lstm_session.validated(reg, problem)
     except AgreementError as exc:
         pytest.fail(str(exc), pytrace=False)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness.agreement import AgreementError
-from harness.timing import choose_rounds, phase_functions, probe, strict_fp32
+from harness.timing import choose_rounds, phase_functions, probe, precision
 
 
 def test_speed(benchmark, lstm_case, lstm_session):
@@ -18,7 +18,7 @@ def test_speed(benchmark, lstm_case, lstm_session):
     if not support.ok:
         pytest.skip(f"{reg.name} cannot run {problem.id} here: {support.reason}")
     try:
-        with strict_fp32(problem.device) as precision:
+        with precision(problem.dtype) as flags:
             ceiling = lstm_session.ceiling(problem)  # measured before any implementation is timed
             impl, inputs, agreement = lstm_session.validated(reg, problem)
             target, setup = phase_functions(impl, inputs, phase, problem.device)
@@ -32,7 +32,7 @@ def test_speed(benchmark, lstm_case, lstm_session):
                 agreement_errors=agreement.errors, seed=settings.seed, warmup_rounds=settings.warmup,
                 ceiling_gflops=ceiling.gflops, saved_bytes=lstm_session.saved.get((reg.name, problem)),
                 peak_bytes=peak,
-                **precision,
+                **flags,
             )
             benchmark.pedantic(target, setup=setup, rounds=rounds, warmup_rounds=settings.warmup)
     except AgreementError as exc:

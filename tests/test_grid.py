@@ -74,3 +74,10 @@ def test_bad_options_stop_pytest_before_anything_runs(run_python):
     proc = run_python("-m", "pytest", "suites", "--lstm-impls", "cudnn,nope", "-p", "no:cacheprovider")
     assert proc.returncode == 4 and "known" not in proc.stdout
     assert "unknown value 'nope'; choose from cudnn, cupy, fused, modular" in proc.stderr
+
+
+@pytest.mark.parametrize("dtype", ["tf32", "float16"])
+def test_gpu_only_precision_modes_are_refused_on_the_cpu(dtype):
+    with pytest.raises(GridError, match=f"--lstm-dtype: {dtype} cannot run on cpu: {dtype} is a GPU mode"):
+        settings(lstm_device="cpu", lstm_dtype=dtype)
+    assert {p.dtype for p in settings(lstm_device="cpu", lstm_dtype="bfloat16").problems} == {"bfloat16"}

@@ -70,3 +70,17 @@ def test_fused_without_prepacked_gemms_agrees_too(problem):
     assert ("oneDNN" in FusedLSTM.backend(problem)) == packed_gemm_available(problem)
     agreement, impl = check_agreement(Unpacked, problem)
     assert agreement.passed and not impl.packed, agreement.table()
+
+
+@pytest.mark.parametrize("name", ["cudnn", "fused", "modular"])
+def test_bfloat16_agrees_within_its_own_tolerance(name):
+    problem = Problem(batch=5, length=7, input_size=12, hidden=16, layers=2, dtype="bfloat16")
+    agreement, _ = check_agreement(discover().get(name), problem)
+    assert agreement.passed and agreement.tolerance == 5e-2, agreement.table()
+    assert agreement.max_error > 1e-4  # really computed in bfloat16, not silently in float32
+
+
+def test_cupy_declines_modes_it_cannot_run():
+    cls = discover().get("cupy")
+    assert "no bfloat16" in cls.supports(Problem(2, 2, 2, 2, 1, dtype="bfloat16")).reason
+    assert "CUPY_TF32" in cls.supports(Problem(2, 2, 2, 2, 1, dtype="tf32", device="cuda")).reason

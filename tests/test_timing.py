@@ -3,7 +3,7 @@ import torch
 
 from harness.impl import Grads, Impl, Outputs
 from harness.problem import make_inputs
-from harness.timing import choose_rounds, phase_functions, probe, strict_fp32
+from harness.timing import choose_rounds, phase_functions, probe, precision
 
 
 class Recorder(Impl):
@@ -60,13 +60,18 @@ def test_choose_rounds():
     assert choose_rounds(0.0, max_time=1.0, min_rounds=3) == 1000
 
 
-def test_strict_fp32_pins_and_restores_tf32():
+def test_precision_pins_and_restores_tf32():
     before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cudnn.allow_tf32 = True
-    with strict_fp32("cpu") as flags:
+    with precision("float32") as flags:
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
         assert flags == {"matmul_allow_tf32": False, "cudnn_allow_tf32": False}
     assert torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    with precision("tf32") as flags:
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert flags == {"matmul_allow_tf32": True, "cudnn_allow_tf32": True}
+    assert not torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
