@@ -73,7 +73,7 @@ def test_bad_options_stop_pytest_before_anything_runs(run_python):
     assert "passed" not in proc.stdout and "failed" not in proc.stdout
     proc = run_python("-m", "pytest", "suites", "--lstm-impls", "cudnn,nope", "-p", "no:cacheprovider")
     assert proc.returncode == 4 and "known" not in proc.stdout
-    assert "unknown value 'nope'; choose from cudnn, cupy, fused, modular" in proc.stderr
+    assert "unknown value 'nope'; choose from cudnn, cupy, fused, fused_graphs, modular" in proc.stderr
 
 
 @pytest.mark.parametrize("dtype", ["tf32", "float16"])

@@ -84,3 +84,28 @@ def test_cupy_declines_modes_it_cannot_run():
     cls = discover().get("cupy")
     assert "no bfloat16" in cls.supports(Problem(2, 2, 2, 2, 1, dtype="bfloat16")).reason
     assert "CUPY_TF32" in cls.supports(Problem(2, 2, 2, 2, 1, dtype="tf32", device="cuda")).reason
+
+
+def test_fused_graphs_declines_the_cpu_and_its_capture_plumbing_agrees(small):
+    """The CUDA graph variant runs only on CUDA; everything around the capture (static inputs,
+    replayed outputs, re-capture on a new shape, weight updates) is checked with a stand-in."""
+    from impls.fused_graphs import EagerCapture, GraphedFusedLSTM
+
+    support = GraphedFusedLSTM.supports(small)
+    assert not support.ok and "CUDA graphs need a CUDA device" in support.reason
+
+    class Eager(GraphedFusedLSTM):
+        capture_cls = EagerCapture
+
+    agreement, impl = check_agreement(Eager, small)
+    assert agreement.passed, agreement.table()
+    inputs = make_inputs(small, seed=3)  # new values through the same static tensors
+    out = impl.forward(inputs.x, inputs.h0, inputs.c0)
+    grads = impl.backward(inputs.dy, inputs.dh_n, inputs.dc_n)
+    direct = discover().get("fused")(small, make_inputs(small).weights)
+    ref_out = direct.forward(inputs.x, inputs.h0, inputs.c0)
+    ref_grads = direct.backward(inputs.dy, inputs.dh_n, inputs.dc_n)
+    assert torch.allclose(out.y, ref_out.y) and torch.allclose(grads.dx, ref_grads.dx)
+    assert len(impl._graphs) == 2
+    short = make_inputs(small.replace(length=3))
+    assert impl.forward(short.x, short.h0, short.c0).y.shape[0] == 3 and len(impl._graphs) == 1
