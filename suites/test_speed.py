@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness.agreement import AgreementError
-from harness.timing import choose_rounds, phase_functions, probe, precision
+from harness.timing import choose_rounds, phase_functions, precision, probe
 
 
 def test_speed(benchmark, lstm_case, lstm_session):

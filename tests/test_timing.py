@@ -3,7 +3,7 @@ import torch
 
 from harness.impl import Grads, Impl, Outputs
 from harness.problem import make_inputs
-from harness.timing import choose_rounds, phase_functions, probe, precision
+from harness.timing import choose_rounds, phase_functions, precision, probe
 
 
 class Recorder(Impl):
