@@ -13,6 +13,7 @@ SHAPES = [
     Problem(batch=1, length=1, input_size=3, hidden=4, layers=1),
     Problem(batch=3, length=11, input_size=20, hidden=8, layers=3),
     Problem(batch=4, length=6, input_size=10, hidden=9, layers=2, dtype="float64"),
+    Problem(batch=3, length=4, input_size=20, hidden=256, layers=2),  # wide enough for prepacked GEMMs
 ]
 
 
@@ -58,7 +59,7 @@ def test_cupy_without_gpu_runs_numpy_on_cpu_and_declines_cuda(monkeypatch, small
     assert "CuPy is not installed" in cls.backend(on_cuda)
 
 
-@pytest.mark.parametrize("problem", SHAPES[:3], ids=lambda p: p.id)
+@pytest.mark.parametrize("problem", SHAPES[:3] + SHAPES[4:], ids=lambda p: p.id)
 def test_fused_without_prepacked_gemms_agrees_too(problem):
     """The oneDNN-prepacked path is a CPU float32 feature; the torch.addmm path serves the rest."""
     from impls.fused import FusedLSTM, packed_gemm_available

@@ -10,7 +10,8 @@ def test_ceiling_is_measured_once_and_described():
     ceiling = measure_ceiling("cpu", "float32", size=256, repeats=3)
     assert ceiling.gflops > 0.1
     assert measure_ceiling("cpu", "float32", size=256, repeats=3) is ceiling
-    assert "256 x 256 x 256" in ceiling.how and "median of 3" in ceiling.how
+    assert "256 x 256 x 256" in ceiling.how and "median of 3" in ceiling.how and "torch.mm" in ceiling.how
+    assert ceiling.gflops == max(rate for _, rate in ceiling.by_library)
     assert ceiling.as_dict()["gflops"] == ceiling.gflops
 
 
