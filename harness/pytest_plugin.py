@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from harness import environment
+from harness.allocator import keep_freed_memory
 from harness.grid import DEVICE_CHOICES, GRID_CHOICES, GridError
 from harness.problem import DTYPES
 from harness.registry import RegistryError
@@ -47,6 +48,7 @@ def pytest_configure(config):
     except (GridError, RegistryError, ValueError) as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[SESSION] = BenchSession(settings)
+    settings.allocator = keep_freed_memory()
 
 
 def pytest_collection_modifyitems(config, items):
@@ -108,7 +110,8 @@ def pytest_runtest_makereport(item, call):
     case_id = getattr(item, "callspec", None) and item.callspec.params.get("lstm_case")
     if case_id and report.when == "call" and not report.passed:
         reg, problem, phase = bench_session(item.config).cases()[case_id]
-        reason = (report.longrepr[2] if report.skipped and isinstance(report.longrepr, tuple)
+        reason = (report.longrepr[2].removeprefix("Skipped: ")
+                  if report.skipped and isinstance(report.longrepr, tuple)
                   else getattr(call.excinfo, "value", report.longreprtext))
         bench_session(item.config).outcomes.append({
             "impl": reg.name, "phase": phase, "problem": problem.as_dict(),
@@ -128,6 +131,7 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
     output_json[RESULTS_KEY] = {
         "grid": s.grid.name, "grid_about": s.grid.about, "device": s.device, "seed": s.seed,
         "warmup": s.warmup, "rounds": s.rounds, "min_rounds": s.min_rounds, "max_time": s.max_time,
+        "allocator": s.allocator,
         "not_timed": session.outcomes,
         "ceilings": [c.as_dict() for c in session.ceilings.values()],
     }

@@ -88,6 +88,8 @@ def render(results: Results, baseline: str, title: str) -> str:
             f"- **Software**: {_versions(env)}; lstm-harness {env.get('harness')} at {commit}",
             f"- **Run**: {run.path.name}, {run.datetime}; grid `{s.get('grid', '?')}` ({s.get('grid_about', '')})",
         ]
+        if s.get("allocator"):
+            lines.append(f"- **Memory allocator**: {s['allocator']}")
     for run in results.runs:
         for c in run.settings.get("ceilings", []):
             lines.append(f"- **Ceiling**: {c['gflops']:.1f} GFLOP/s, measured: {c['how']}; "

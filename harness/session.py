@@ -42,6 +42,7 @@ class Settings:
     warmup: int = 1
     max_time: float = 1.0
     explicit: dict = field(default_factory=dict)  # axis values given on the command line
+    allocator: str = ""  # what harness.allocator did, recorded with the results
 
     @classmethod
     def from_options(cls, get, registry: Registry | None = None) -> Settings:

@@ -153,15 +153,19 @@ class FusedLSTM(Impl):
                                                    out=layer.gates.view(T * B, 4 * H)).view(T, B, 4 * H)
             h[0].copy_(h0[l])
             c[0].copy_(c0[l])
+            # Per-step views made in a few calls up front: at small batches the Python cost of
+            # slicing inside the loop is a visible share of a step.
+            hs, cs, tcs = h.unbind(0), c.unbind(0), tanh_c.unbind(0)
+            sig, g = gates[..., :3 * H].unbind(0), gates[..., 3 * H:].unbind(0)
+            o, i, f = (gates[..., k * H:(k + 1) * H].unbind(0) for k in range(3))
             for t in range(T):
-                a = gates[t]
-                pre = self._recurrent_product(layer, h[t], a)
-                torch.sigmoid(pre[:, :3 * H], out=a[:, :3 * H])  # o, i, f
-                torch.tanh(pre[:, 3 * H:], out=a[:, 3 * H:])  # g
-                torch.mul(a[:, 2 * H:3 * H], c[t], out=c[t + 1])
-                c[t + 1].addcmul_(a[:, H:2 * H], a[:, 3 * H:])
-                torch.tanh(c[t + 1], out=tanh_c[t])
-                torch.mul(a[:, :H], tanh_c[t], out=h[t + 1])
+                pre = self._recurrent_product(layer, hs[t], gates[t])
+                torch.sigmoid(pre[:, :3 * H], out=sig[t])  # o, i, f
+                torch.tanh(pre[:, 3 * H:], out=g[t])
+                torch.mul(f[t], cs[t], out=cs[t + 1])
+                cs[t + 1].addcmul_(i[t], g[t])
+                torch.tanh(cs[t + 1], out=tcs[t])
+                torch.mul(o[t], tcs[t], out=hs[t + 1])
             layer_input = h[1:]
         # y aliases the top layer's buffer: valid until the next forward, like any workspace.
         return Outputs(layer_input,

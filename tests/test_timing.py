@@ -95,3 +95,10 @@ def test_cuda_targets_end_with_device_completion(small, monkeypatch):
         events.clear()
         target()
         assert events[-1] == ("sync", "cuda") and events.count(("sync", "cuda")) == 1, (phase, events)
+
+
+def test_allocator_setting_is_applied_once_and_described():
+    from harness.allocator import keep_freed_memory
+
+    first = keep_freed_memory()
+    assert first and keep_freed_memory() is first
