@@ -38,6 +38,8 @@ def test_report_has_the_seed_table_per_problem(tmp_path, capsys):
     assert text.count("**") >= 4 * 3 * 2  # the fastest of each column in bold
     assert "| modular " in text and "1.00x" in text
     assert "- **Device**: CPU: " in text and "torch 2.13.0" in text and "TF32 off" in text
+    assert "- **Ceiling**: " in text and "best of: torch.mm" in text and "- **Memory allocator**" in text
+    assert all("Total GFLOP/s" in l and "% of ceiling" in l and "Kept for backward" in l for l in header_rows)
     assert "`mutant_forget_bias` (forward, backward, total): failed: not timed: agreement" in text
     csv = pd.read_csv(tmp_path / "t.csv")
     assert len(csv) == 48 and "median_ms" in csv.columns
