@@ -44,6 +44,24 @@ def cupy_version() -> str | None:
     return cupy.__version__
 
 
+def gpu_driver() -> str | None:
+    """The NVIDIA driver version, from nvidia-smi or else CuPy; None when neither can say."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout.strip()
+        if out:
+            return out.splitlines()[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        import cupy
+
+        version = cupy.cuda.runtime.driverGetVersion()  # e.g. 12040: the CUDA version it supports
+        return f"CUDA driver API {version // 1000}.{version % 1000 // 10}"
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def describe(device: str) -> dict:
     info = {
         "device": device,
@@ -65,6 +83,7 @@ def describe(device: str) -> dict:
         info["gpu"] = props.name
         info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
         info["gpu_capability"] = f"{props.major}.{props.minor}"
+        info["gpu_driver"] = gpu_driver()
     info["device_name"] = device_name(info)
     return info
 

@@ -17,6 +17,8 @@ from harness.problem import PHASES
 from harness.results import DEFAULT_STORAGE, Results, ResultsError, latest_results, load_results
 
 PHASE_TITLES = {"forward": "Forward (ms)", "backward": "Backward (ms)", "total": "Total (ms)"}
+NOISY = 0.10  # IQR / median above this: the row is flagged (torch.utils.benchmark warns at the same)
+NOISE_MARK = "†"
 
 
 def format_ms(value: float) -> str:
@@ -44,9 +46,15 @@ def problem_table(rows: pd.DataFrame, baseline: str) -> pd.DataFrame:
     medians = medians.reindex(columns=[p for p in PHASES if p in medians.columns])
     medians = medians.sort_values("total" if "total" in medians else medians.columns[0])
     table = pd.DataFrame(index=medians.index)
+    noise = (rows.assign(rel_iqr=rows.iqr_ms / rows.median_ms)
+             .pivot_table(index="impl", columns="phase", values="rel_iqr", aggfunc="last").reindex(medians.index))
     for phase in medians.columns:
         best = medians[phase].min()
-        table[PHASE_TITLES[phase]] = [f"**{format_ms(v)}**" if v == best else format_ms(v) for v in medians[phase]]
+        cells = []
+        for impl, v in medians[phase].items():
+            cell = f"**{format_ms(v)}**" if v == best else format_ms(v)
+            cells.append(cell + NOISE_MARK if noise.at[impl, phase] > NOISY else cell)
+        table[PHASE_TITLES[phase]] = cells
     if baseline in medians.index:
         for phase in medians.columns:
             table[f"{phase.capitalize()} vs {baseline}"] = [
@@ -72,12 +80,13 @@ def problem_table(rows: pd.DataFrame, baseline: str) -> pd.DataFrame:
 
 def _versions(env: dict) -> str:
     parts = [f"torch {env.get('torch')}", f"CUDA {env.get('torch_cuda') or 'none (CPU build)'}",
+             *([f"driver {env['gpu_driver']}"] if env.get("gpu_driver") else []),
              f"cuDNN {env.get('cudnn') or 'none'}", f"CuPy {env.get('cupy') or 'not installed'}",
              f"NumPy {env.get('numpy')}", f"Python {env.get('python')}"]
     return ", ".join(parts)
 
 
-def render(results: Results, baseline: str, title: str) -> str:
+def render(results: Results, baseline: str, title: str, figures: list[Path] = (), base: Path = Path(".")) -> str:
     t = results.timings
     lines = [f"# LSTM benchmark report: {title}", ""]
     for run in results.runs:
@@ -102,7 +111,8 @@ def render(results: Results, baseline: str, title: str) -> str:
         lines += [
             f"- **Precision**: {', '.join(sorted(t['dtype'].unique()))}; TF32 off for cuDNN and cuBLAS",
             f"- **Timing**: pytest-benchmark, median of {rounds} rounds after {'/'.join(map(str, warmups))} "
-            "warm-up round(s); every timed region ends with device completion",
+            "warm-up round(s) (and one untimed probe call); every timed region ends with device completion; "
+            f"{NOISE_MARK} marks a time whose interquartile range is above {NOISY:.0%} of its median",
             f"- **Agreement**: every time below comes from an implementation that first matched the float64 "
             f"reference on that problem (norm-wise relative error of outputs and all gradients; tolerance "
             f"{tol}; worst seen {t['agreement_max_error'].max():.1e})",
@@ -113,6 +123,9 @@ def render(results: Results, baseline: str, title: str) -> str:
         backends = t.drop_duplicates(["impl", "backend"])[["impl", "backend", "origin"]]
         backends.columns = ["Code", "Backend that ran", "Registered from"]
         lines += [backends.to_markdown(index=False), ""]
+    if figures:
+        lines += ["## Figures", ""]
+        lines += [f"![{f.stem}]({f.relative_to(base).as_posix()})" for f in figures] + [""]
     problem_cols = ["device_name", "problem_id", "batch", "length", "input_size", "hidden", "layers", "dtype"]
     order = t.drop_duplicates(problem_cols)[problem_cols] if not t.empty else pd.DataFrame(columns=problem_cols)
     not_timed = results.not_timed
@@ -123,6 +136,11 @@ def render(results: Results, baseline: str, title: str) -> str:
                   f"{p['layers']} layer(s), input {p['input_size']}, hidden {p['hidden']}, {p['dtype']}; "
                   f"{p['device_name']}", ""]
         lines += [problem_table(rows, baseline).to_markdown(), ""]
+        noisy = rows[rows.iqr_ms / rows.median_ms > NOISY]
+        if not noisy.empty:
+            lines += [f"{NOISE_MARK} noisy: interquartile range above {NOISY:.0%} of the median ("
+                      + ", ".join(f"{r.impl} {r.phase} {r.iqr_ms / r.median_ms:.0%}" for r in noisy.itertuples())
+                      + ")", ""]
         if baseline not in set(rows.impl):
             lines += [f"(no speedup columns: baseline `{baseline}` has no time on this problem)", ""]
         if not not_timed.empty:
@@ -150,7 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=Path("reports"), help="where the report goes")
     parser.add_argument("--csv", type=Path, metavar="FILE", help="also write every timing as a flat CSV table")
     parser.add_argument("--storage", type=Path, default=DEFAULT_STORAGE, help="where the benchmark run saved")
+    parser.add_argument("--no-plots", action="store_true", help="skip the seaborn figures")
+    parser.add_argument("--compare", nargs=2, type=Path, metavar=("OLD", "NEW"),
+                        help="compare two results files instead: new/old per implementation, problem and phase")
+    parser.add_argument("--fail-above", type=float, metavar="RATIO",
+                        help="with --compare: exit 1 when anything is slower than RATIO (e.g. 1.05) with confidence")
     args = parser.parse_args(argv)
+    if args.compare:
+        from harness.compare import compare_main
+
+        return compare_main(args.compare, args.fail_above)
     try:
         paths = args.results or [latest_results(args.storage)]
         results = load_results(paths)
@@ -163,12 +190,17 @@ def main(argv: list[str] | None = None) -> int:
               f"choose from {', '.join(sorted(known))}", file=sys.stderr)
         return 2
     name = args.name or paths[0].stem
-    text = render(results, args.baseline, name)
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    figures = []
+    if not args.no_plots and not results.timings.empty:
+        from harness.figures import render_figures
+
+        figures = render_figures(results.timings, args.baseline, args.out_dir / f"{name}-figures")
+    text = render(results, args.baseline, name, figures, args.out_dir)
     out = args.out_dir / f"{name}.md"
     out.write_text(text)
     if args.csv:
-        results.timings.to_csv(args.csv, index=False)
+        results.timings.drop(columns=["data"]).to_csv(args.csv, index=False)
     print(text)
     print(f"(written to {out}{' and ' + str(args.csv) if args.csv else ''})", file=sys.stderr)
     return 0

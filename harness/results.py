@@ -70,7 +70,9 @@ def _row(path: Path, index: int, bench: dict, device_name: str) -> dict:
                "warmup_rounds": info.get("warmup_rounds"), "device_name": device_name, "run": path.name,
                # Added later: absent from older results files.
                "ceiling_gflops": info.get("ceiling_gflops"), "saved_bytes": info.get("saved_bytes"),
-               "peak_bytes": info.get("peak_bytes")}
+               "peak_bytes": info.get("peak_bytes"),
+               # Raw per-round timings (seconds), kept for --compare's statistical test.
+               "data": stats.get("data")}
     except (KeyError, TypeError) as exc:
         raise ResultsError(f"{path}: benchmark #{index} ({bench.get('name', '?')}) lacks field {exc}; "
                            "the file is corrupt or from another tool") from None

@@ -113,3 +113,48 @@ def test_default_is_the_newest_saved_run(tmp_path):
 
 def test_format_ms():
     assert [format_ms(v) for v in (1234.4, 45.67, 3.456, 0.12345)] == ["1234", "45.7", "3.46", "0.123"]
+
+
+def test_figures_render_and_are_linked(tmp_path):
+    assert main([str(FIXTURE), "--out-dir", str(tmp_path), "--name", "r"]) == 0
+    folder = tmp_path / "r-figures"
+    names = sorted(p.name for p in folder.glob("*.png"))
+    assert names == ["bars.png", "speedup.png", "vs-batch.png", "vs-length.png"]
+    assert all((folder / n).stat().st_size > 20_000 for n in names)
+    text = (tmp_path / "r.md").read_text()
+    assert "## Figures" in text and "![bars](r-figures/bars.png)" in text
+
+
+def test_no_plots_skips_figures(tmp_path):
+    assert main([str(FIXTURE), "--out-dir", str(tmp_path), "--name", "r", "--no-plots"]) == 0
+    assert not (tmp_path / "r-figures").exists() and "## Figures" not in (tmp_path / "r.md").read_text()
+
+
+def test_palette_is_one_colour_per_implementation_everywhere():
+    from harness.figures import palette
+
+    assert palette(["fused", "cudnn", "fused"]) == palette(["cudnn", "fused"])
+    assert len(set(palette(FOUR).values())) == 4
+
+
+def test_noisy_rows_are_flagged(tmp_path):
+    data = json.loads(FIXTURE.read_text())
+    bench = next(b for b in data["benchmarks"] if b["extra_info"]["impl"] == "modular"
+                 and b["extra_info"]["phase"] == "total" and b["extra_info"]["batch"] == 5
+                 and b["extra_info"]["length"] == 7)
+    bench["stats"]["iqr"] = bench["stats"]["median"] * 0.5
+    noisy = tmp_path / "noisy.json"
+    noisy.write_text(json.dumps(data))
+    assert main([str(noisy), "--out-dir", str(tmp_path), "--name", "n", "--no-plots"]) == 0
+    section = (tmp_path / "n.md").read_text().split("## Batch size = 5, Length = 7")[1].split("## ")[0]
+    assert "† noisy: interquartile range above 10% of the median (" in section and "modular total 50%" in section
+    line = next(l for l in section.splitlines() if l.startswith("| modular "))
+    assert "†" in line
+
+
+def test_every_result_carries_the_environment():
+    env = json.loads(FIXTURE.read_text())["machine_info"]["lstm_harness"]
+    for key in ("device", "device_name", "cpu_model", "torch_threads", "torch", "torch_cuda", "cudnn", "cupy",
+                "numpy", "python", "harness", "harness_commit", "gpu"):
+        assert key in env, key
+    assert env["harness_commit"] and env["torch_threads"] >= 1
