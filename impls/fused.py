@@ -19,15 +19,9 @@ from __future__ import annotations
 import torch
 
 from harness.impl import Grads, Impl, Outputs
+from harness.layout import output_gate_first
 from harness.problem import LayerWeights, Problem
 from harness.registry import register
-
-
-def output_gate_first(hidden: int) -> torch.Tensor:
-    """Rows of the canonical i, f, g, o block in the order o, i, f, g."""
-    i, f, g, o = torch.arange(4 * hidden).chunk(4)
-    return torch.cat([o, i, f, g])
-
 
 # A prepacked oneDNN call costs ~20 us however small; it pays from about this width on
 # (measured at batch 4: H=128 addmm 19 us vs 31 us prepacked, H=512 233 us vs 67 us).
