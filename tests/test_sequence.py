@@ -100,3 +100,31 @@ def test_bad_options_are_usage_errors(args, message, capsys):
         main(args + ["--iters", "1"] if "--iters" not in args else args)
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", ["lstm_short", "lstm_long", "deep_lstm_short", "deep_lstm_long"])
+def test_every_configuration_runs_through_every_implementation(config, tmp_path, capsys):
+    impls = [r.name for r in discover() if r.cls.supports(_cpu_probe()).ok]
+    assert {"cudnn", "fused", "modular", "cupy"} <= set(impls)
+    assert main(["--config", config, "--impl", ",".join(impls), "--iters", "2", "--out", str(tmp_path),
+                 "--no-plot"]) == 0
+    out = capsys.readouterr().out
+    length = 320 if config.endswith("short") else 960
+    for impl in impls:
+        assert f"{config} | {impl} | 2 iterations" in out
+        log = (tmp_path / f"{config}-{impl}.log").read_text().splitlines()
+        assert len(log) - log.index("target prediction") - 1 == length
+
+
+def test_the_loss_falls_through_the_cli(tmp_path):
+    assert main(["--config", "lstm_short", "--impl", "cupy", "--iters", "150", "--out", str(tmp_path),
+                 "--no-plot"]) == 0
+    losses = (tmp_path / "lstm_short-cupy-loss.csv").read_text().splitlines()[1:]
+    first, last = float(losses[0].split(",")[1]), float(losses[-1].split(",")[1])
+    assert last < 0.5 * first
+
+
+def _cpu_probe():
+    from harness.problem import Problem
+
+    return Problem(batch=1, length=1, input_size=1, hidden=7, layers=1)
