@@ -5,17 +5,13 @@ from __future__ import annotations
 import torch
 
 
-def sigmoid_gates_first(hidden: int) -> torch.Tensor:
-    """Row indices taking a canonical i, f, g, o block to i, f, o, g (sigmoid gates contiguous).
+def gate_rows(hidden: int, order: str) -> torch.Tensor:
+    """Row indices taking a canonical i, f, g, o block to `order` (e.g. "ifog", "oifg").
 
-    The permutation only swaps two blocks, so it is its own inverse.
+    Fused designs reorder so the sigmoid gates (i, f, o) are one contiguous block; "oifg" also
+    keeps together the three gates whose gradient is dc times something.
     """
-    i, f, g, o = torch.arange(4 * hidden).chunk(4)
-    return torch.cat([i, f, o, g])
-
-
-def output_gate_first(hidden: int) -> torch.Tensor:
-    """Row indices taking a canonical i, f, g, o block to o, i, f, g: the sigmoid gates stay
-    contiguous, and so do the three gates whose gradient is dc times something."""
-    i, f, g, o = torch.arange(4 * hidden).chunk(4)
-    return torch.cat([o, i, f, g])
+    if sorted(order) != sorted("ifgo"):
+        raise ValueError(f"gate order must be a permutation of 'ifgo', got {order!r}")
+    blocks = dict(zip("ifgo", torch.arange(4 * hidden).chunk(4), strict=True))
+    return torch.cat([blocks[g] for g in order])

@@ -29,10 +29,11 @@ from harness.sequence_task import (
     generate,
     init_network,
     nmse,
+    problem_for,
     target_sequence,
 )
 
-DTYPES = {"float32": "float32", "float64": "float64"}
+DTYPES = ("float32", "float64")
 
 
 def positive(kind):
@@ -138,10 +139,9 @@ def write_outputs(run: dict, args) -> list[Path]:
 
 
 def _problem(config, args):
-    from harness.problem import Problem
+    import torch
 
-    return Problem(batch=1, length=1, input_size=1, hidden=config.hidden, layers=config.layers,
-                   dtype=args.dtype, device=args.device)
+    return problem_for(config, 1, getattr(torch, args.dtype), args.device)
 
 
 def main(argv=None) -> int:

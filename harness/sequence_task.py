@@ -82,6 +82,12 @@ def init_network(config: SeqConfig, seed: int = 0, dtype=torch.float64, device="
     return Network(layers, gaussian(1, H), zeros(1))
 
 
+def problem_for(config: SeqConfig, length: int, dtype: torch.dtype, device: str) -> Problem:
+    """The harness problem one chunk (or one generated step) of `config` is."""
+    return Problem(batch=1, length=length, input_size=INPUT_SIZE, hidden=config.hidden, layers=config.layers,
+                   dtype=str(dtype).removeprefix("torch."), device=device)
+
+
 def clipping_for(impl_cls: type[Impl], requested: str = "auto") -> str:
     """The seed clips gate gradients inside backward; an implementation that cannot (cuDNN)
     gets a global gradient-norm clip instead, and the caller says so."""
@@ -117,10 +123,7 @@ class Trainer:
 
     def __post_init__(self) -> None:
         dtype = self.net.w_out.dtype
-        problem = Problem(batch=1, length=CHUNK, input_size=INPUT_SIZE, hidden=self.config.hidden,
-                          layers=self.config.layers, dtype={torch.float32: "float32"}.get(dtype, "float64"),
-                          device=self.device)
-        self.impl = self.impl_cls(problem, self.net.lstm)
+        self.impl = self.impl_cls(problem_for(self.config, CHUNK, dtype, self.device), self.net.lstm)
         self.target = target_sequence(self.config.length, dtype, self.device)
         self.chunks = math.ceil(self.config.length / CHUNK)
         self.x = torch.zeros(CHUNK, 1, INPUT_SIZE, dtype=dtype, device=self.device)
@@ -170,9 +173,7 @@ class Trainer:
 def generate(impl_cls: type[Impl], net: Network, config: SeqConfig, device: str = "cpu") -> torch.Tensor:
     """Run `length` single steps from a zero state with zero input, state carried: predictions."""
     dtype = net.w_out.dtype
-    problem = Problem(batch=1, length=1, input_size=INPUT_SIZE, hidden=config.hidden, layers=config.layers,
-                      dtype={torch.float32: "float32"}.get(dtype, "float64"), device=device)
-    impl = impl_cls(problem, net.lstm)
+    impl = impl_cls(problem_for(config, 1, dtype, device), net.lstm)
     x = torch.zeros(1, 1, INPUT_SIZE, dtype=dtype, device=device)
     h = c = torch.zeros(config.layers, 1, config.hidden, dtype=dtype, device=device)
     predictions = torch.empty(config.length, dtype=dtype, device=device)

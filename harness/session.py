@@ -97,7 +97,7 @@ class BenchSession:
 
     def inputs(self, problem: Problem) -> Inputs:
         if self._inputs is None or self._inputs[0] != problem:
-            self._inputs = None
+            self._inputs = None  # let the previous problem's tensors go before the new ones exist
             self._inputs = (problem, make_inputs(problem, self.settings.seed))
         return self._inputs[1]
 

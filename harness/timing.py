@@ -79,9 +79,11 @@ def probe(target: Callable[[], object], setup: Callable[[], None] | None, device
         target()
         seconds.append(time.perf_counter() - start)
 
-    peak = peak_bytes(timed, device)
-    if not seconds:
+    if device == "cuda":
+        peak = peak_bytes(timed, device)
+    else:
         timed()
+        peak = None
     return seconds[0], peak
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from harness.impl import Grads, Impl, Outputs, Support
-from harness.layout import sigmoid_gates_first
+from harness.layout import gate_rows
 from harness.problem import LayerWeights, Problem
 from harness.registry import register
 
@@ -169,7 +169,7 @@ class CupyLSTM(Impl):
         super().__init__(problem, weights)
         self.xp = cupy if _on_cupy(problem) else np
         self.math_cls = CupyGateMath if self.xp is not np else UfuncGateMath
-        perm = sigmoid_gates_first(problem.hidden).to(problem.device)
+        perm = gate_rows(problem.hidden, "ifog").to(problem.device)
         self.inverse_perm = np.argsort(perm.cpu().numpy())
         self.layers = []
         for w in weights:

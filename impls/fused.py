@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from harness.impl import Grads, Impl, Outputs
-from harness.layout import output_gate_first
+from harness.layout import gate_rows
 from harness.problem import LayerWeights, Problem
 from harness.registry import register
 
@@ -111,7 +111,7 @@ class FusedLSTM(Impl):
     # Small seams: each is one step of the algorithm, named so tests can plant a bug in it.
     @staticmethod
     def _gate_permutation(hidden: int) -> torch.Tensor:
-        return output_gate_first(hidden)
+        return gate_rows(hidden, "oifg")
 
     @staticmethod
     def _combined_bias(w: LayerWeights) -> torch.Tensor:
