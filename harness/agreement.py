@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import torch
 from tabulate import tabulate
 
-from harness.impl import Impl
-from harness.problem import Inputs, Problem, make_inputs
+from harness.impl import Grads, Impl, Outputs
+from harness.problem import Inputs, LayerWeights, Problem, make_inputs
 from harness.reference import reference_for
 
 # The one tolerance table. float32: measured errors of a correct LSTM are 1e-7 .. 1e-6 at the
@@ -37,17 +37,46 @@ def relative_error(actual: torch.Tensor, reference: torch.Tensor) -> float:
     return diff / scale if scale > 0 else diff
 
 
+def describe_type(value: object) -> str:
+    kind = type(value)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def tensor_fault(value: object, reference: torch.Tensor, problem: Problem) -> str | None:
+    """What is wrong with a returned tensor besides its values: type, dtype, device or shape.
+
+    Checked before any comparison, which computes in float64: a float64 result where float32
+    was asked would otherwise be credited with float64's rounding error.
+    """
+    if value is None:
+        return "missing"
+    if not isinstance(value, torch.Tensor):
+        return f"a {describe_type(value)}, not a torch.Tensor"
+    wrong = []
+    if value.dtype != problem.torch_dtype:
+        wrong.append(f"dtype {value.dtype}, expected {problem.torch_dtype}")
+    if value.device.type != problem.device:
+        wrong.append(f"device {value.device}, expected {problem.device}")
+    if tuple(value.shape) != tuple(reference.shape):
+        wrong.append(f"shape {tuple(value.shape)}, expected {tuple(reference.shape)}")
+    return "; ".join(wrong) or None
+
+
 @dataclass
 class Agreement:
+    """One comparison of an implementation's results with the reference on one input set."""
+
     impl: str
     problem: Problem
     tolerance: float
     errors: dict[str, float] = field(default_factory=dict)
-    shapes: dict[str, tuple] = field(default_factory=dict)  # only where a shape was wrong
+    notes: dict[str, str] = field(default_factory=dict)  # tensor -> wrong type, dtype, device, shape
+    faults: list[str] = field(default_factory=list)  # wrong with the call as a whole
+    check: str = "input set 0"  # which inputs, and when: named in every message
 
     def failed(self, name: str) -> bool:
         err = self.errors[name]
-        return not (err <= self.tolerance)  # NaN compares False: fails
+        return name in self.notes or not (err <= self.tolerance)  # NaN compares False: fails
 
     @property
     def failures(self) -> list[str]:
@@ -55,57 +84,112 @@ class Agreement:
 
     @property
     def passed(self) -> bool:
-        return bool(self.errors) and not self.failures
+        return bool(self.errors) and not self.failures and not self.faults
 
     @property
     def max_error(self) -> float:
         values = list(self.errors.values())
         return math.nan if any(math.isnan(v) for v in values) else max(values, default=math.nan)
 
+    def compare(self, actual: dict[str, object], reference: dict[str, torch.Tensor]) -> None:
+        """Add every tensor of `reference` with its error (and what else is wrong with it)."""
+        for name, ref in reference.items():
+            got = actual.get(name)
+            fault = tensor_fault(got, ref, self.problem)
+            if fault is not None:
+                self.notes[name] = fault
+            self.errors[name] = relative_error(got, ref) if isinstance(got, torch.Tensor) else math.inf
+
     def table(self, only_failures: bool = False) -> str:
         rows = []
         for name, err in self.errors.items():
             if only_failures and not self.failed(name):
                 continue
-            note = "FAIL" if self.failed(name) else "ok"
-            if name in self.shapes:
-                note += f" (shape {self.shapes[name][0]}, expected {self.shapes[name][1]})"
-            rows.append([name, f"{err:.3e}", note])
-        return tabulate(rows, headers=["tensor", "rel. error", f"tol {self.tolerance:.0e}"])
+            verdict = "FAIL" if self.failed(name) else "ok"
+            rows.append([name, f"{err:.3e}", verdict + (f" ({self.notes[name]})" if name in self.notes else "")])
+        # disable_numparse: tabulate would print the string "1.000e+00" as the number 1.
+        table = tabulate(rows, headers=["tensor", "rel. error", f"tol {self.tolerance:.0e}"], disable_numparse=True)
+        return "\n".join([*(f"- {fault}" for fault in self.faults), table] if rows else
+                         [f"- {fault}" for fault in self.faults])
+
+    def failure_list(self, limit: int = 3) -> str:
+        """The first failing tensors with what is wrong with each, on one line."""
+        items = [f"{name}: {self.notes[name]}" if name in self.notes else f"{name}: rel. error {self.errors[name]:.2e}"
+                 for name in self.failures[:limit]]
+        more = len(self.failures) - limit
+        return ", ".join(items) + (f" and {more} more" if more > 0 else "")
 
     def summary(self) -> str:
-        verdict = "passed" if self.passed else f"FAILED on {len(self.failures)} tensor(s)"
-        return (f"agreement of {self.impl!r} on {self.problem.id}: {verdict} "
+        """One line that names what was wrong (the results file keeps only this line)."""
+        if self.passed:
+            verdict = "passed"
+        else:
+            verdict = "FAILED: " + "; ".join([*self.faults, *([self.failure_list()] if self.failures else [])])
+        return (f"agreement of {self.impl!r} on {self.problem.id} ({self.check}): {verdict} "
                 f"(max rel. error {self.max_error:.3e}, tolerance {self.tolerance:.0e})")
 
 
 class AgreementError(AssertionError):
     def __init__(self, agreement: Agreement) -> None:
         self.agreement = agreement
-        super().__init__(f"{agreement.summary()}\n{agreement.table(only_failures=True)}")
+        super().__init__(f"{agreement.summary()}\n{agreement.table(only_failures=True)}".rstrip())
+
+
+def named_outputs(out: object) -> dict[str, object]:
+    """The tensors of a forward's result by name; a result of the wrong kind is an error."""
+    if not isinstance(out, Outputs):
+        raise ContractError(f"forward returned a {describe_type(out)}, not harness.Outputs")
+    return out.named()
+
+
+def named_grads(grads: object, layers: int) -> dict[str, object]:
+    if not isinstance(grads, Grads):
+        raise ContractError(f"backward returned a {describe_type(grads)}, not harness.Grads")
+    if not isinstance(grads.weights, list | tuple) or not all(isinstance(w, LayerWeights) for w in grads.weights):
+        raise ContractError("backward's Grads.weights is not a list of harness.LayerWeights (one per layer)")
+    if len(grads.weights) != layers:
+        raise ContractError(f"backward returned weight gradients of {len(grads.weights)} layer(s), expected {layers}")
+    return grads.named()
+
+
+class ContractError(TypeError):
+    """An implementation returned something other than the contract says."""
+
+
+def new_agreement(impl: str, problem: Problem, check: str) -> Agreement:
+    return Agreement(impl, problem, TOLERANCES[problem.dtype], check=check)
+
+
+def forward_checked(impl: Impl, inputs: Inputs, reference: Outputs, agreement: Agreement) -> None:
+    """Forward, its outputs compared at once: before backward could fill them in late."""
+    out = impl.forward(inputs.x, inputs.h0, inputs.c0)
+    agreement.compare(named_outputs(out), reference.named())
+
+
+def backward_checked(impl: Impl, inputs: Inputs, reference: Grads, agreement: Agreement) -> None:
+    grads = impl.backward(inputs.dy, inputs.dh_n, inputs.dc_n)
+    agreement.compare(named_grads(grads, impl.problem.layers), reference.named())
+
+
+def run_and_compare(impl: Impl, inputs: Inputs, reference: tuple[Outputs, Grads], agreement: Agreement) -> Agreement:
+    """One forward and one backward of a prepared implementation, each checked as it returns."""
+    try:
+        forward_checked(impl, inputs, reference[0], agreement)
+        backward_checked(impl, inputs, reference[1], agreement)
+    except ContractError as exc:
+        agreement.faults.append(str(exc))
+    return agreement
 
 
 def check_agreement(impl_cls: type[Impl], problem: Problem, seed: int = 0,
                     inputs: Inputs | None = None) -> tuple[Agreement, Impl]:
-    """Run one forward + backward of `impl_cls` and compare with the reference.
+    """Build `impl_cls` on input set 0 and compare one forward + backward with the reference.
 
     Returns the agreement and the prepared implementation, so a caller that goes on to time
     it does not pay the weight conversion twice.
     """
     inputs = inputs if inputs is not None else make_inputs(problem, seed)
-    ref_out, ref_grads = reference_for(problem, seed)
     impl = impl_cls(problem, inputs.weights)
-    out = impl.forward(inputs.x, inputs.h0, inputs.c0)
-    grads = impl.backward(inputs.dy, inputs.dh_n, inputs.dc_n)
-    agreement = Agreement(impl_cls.name, problem, TOLERANCES[problem.dtype])
-    actual = {**out.named(), **grads.named()}
-    for name, ref in {**ref_out.named(), **ref_grads.named()}.items():
-        got = actual.get(name)
-        if got is None:
-            agreement.errors[name] = math.inf
-            agreement.shapes[name] = ("missing", tuple(ref.shape))
-            continue
-        agreement.errors[name] = relative_error(got, ref)
-        if tuple(got.shape) != tuple(ref.shape):
-            agreement.shapes[name] = (tuple(got.shape), tuple(ref.shape))
+    agreement = run_and_compare(impl, inputs, reference_for(problem, seed), new_agreement(impl_cls.name, problem,
+                                                                                         "input set 0"))
     return agreement, impl

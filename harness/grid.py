@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -61,16 +62,22 @@ def parse_positive_ints(option: str, text: str | None) -> tuple[int, ...] | None
     return tuple(dict.fromkeys(values))  # keep order, drop repeats
 
 
-def parse_number(option: str, text, kind=int, minimum=1):
-    """One number of `kind` no smaller than `minimum`; None passes through (option not given)."""
+def parse_number(option: str, text, kind=int, minimum=1, maximum=None):
+    """One number of `kind` within [minimum, maximum]; None passes through (option not given)."""
     if text is None:
         return None
+    text = str(text).strip()
     try:
-        value = kind(str(text).strip())
+        value = kind(text)
     except ValueError:
         raise GridError(f"{option}: {text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    # float() takes nan and inf (and 1e999): nan passes every comparison, inf sizes nothing.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise GridError(f"{option}: {text} is not a finite number")
     if value < minimum:
         raise GridError(f"{option}: {value} is below the minimum {minimum}")
+    if maximum is not None and value > maximum:
+        raise GridError(f"{option}: {value} is above the maximum {maximum}")
     return value
 
 

@@ -128,23 +128,42 @@ class Inputs:
     dh_n: torch.Tensor  # upstream gradient of h_n [L, B, H]
     dc_n: torch.Tensor  # upstream gradient of c_n [L, B, H]
 
+    def map(self, fn) -> Inputs:
+        return Inputs(fn(self.x), fn(self.h0), fn(self.c0), [w.map(fn) for w in self.weights],
+                      fn(self.dy), fn(self.dh_n), fn(self.dc_n))
+
     def to(self, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> Inputs:
-        def move(t: torch.Tensor) -> torch.Tensor:
-            return t.to(device=device, dtype=dtype).contiguous()
+        return self.map(lambda t: t.to(device=device, dtype=dtype).contiguous())
 
-        return Inputs(move(self.x), move(self.h0), move(self.c0),
-                      [w.map(move) for w in self.weights],
-                      move(self.dy), move(self.dh_n), move(self.dc_n))
+    def named(self) -> dict[str, torch.Tensor]:
+        named = {"x": self.x, "h0": self.h0, "c0": self.c0}
+        for layer, w in enumerate(self.weights):
+            named.update({f"{f}[{layer}]": t for f, t in zip(LayerWeights.FIELDS, w.tensors(), strict=True)})
+        return {**named, "dy": self.dy, "dh_n": self.dh_n, "dc_n": self.dc_n}
 
 
-def make_inputs(problem: Problem, seed: int = 0) -> Inputs:
-    """Seeded tensors for `problem`, in its dtype and on its device.
+# Input sets of one grid point. Set 0 is what agreement checks first; the timed rounds rotate
+# through the others, so no call can pass by returning what an earlier call computed.
+AGREEMENT_SET = 0
+TIMED_SETS = (1, 2, 3)
+# The saturating set: each bias uniform in +-SATURATING_BIAS and layer 0's input uniform in
+# +-SATURATING_INPUT drive gate pre-activations to |z| of 80 to 110 (the ordinary sets stay below
+# 1), where a tanh or sigmoid written as a naive exp overflows. Only biases and inputs are
+# scaled: recurrent weights of ordinary size keep the recurrence from amplifying rounding, so a
+# correct float32 LSTM still meets the ordinary tolerance (measured: 6e-7 .. 4e-6).
+SATURATING_BIAS = 40.0
+SATURATING_INPUT = 30.0
+SATURATING = "saturating"  # the name of the saturating set wherever sets are named
+SATURATING_STREAM = 2**16  # generator streams of the saturating set, apart from the numbered sets
 
-    Everything is drawn uniform in +-1/sqrt(H) (nn.LSTM's weight init) on the CPU in float64
-    from one generator, then rounded to the problem's dtype, so a given (problem, seed) is the
-    same data on every machine and the float64 reference can start from the very same values.
-    Nothing is zero: zeros can run faster than real data and hide bugs.
-    """
+
+def _stream_seed(seed: int, stream: int) -> int:
+    """A generator seed for input set `stream` of `seed`, distinct per (seed, stream)."""
+    return (seed * 1_000_003 + stream * 7_919) % 2**63
+
+
+def _draw_inputs(problem: Problem, seed: int, variant: int) -> Inputs:
+    """float64 CPU tensors: weights from `seed`'s stream, everything else from `variant`'s."""
     gen = torch.Generator().manual_seed(seed)
     bound = 1.0 / math.sqrt(problem.hidden)
     T, B, H, L = problem.length, problem.batch, problem.hidden, problem.layers
@@ -158,8 +177,51 @@ def make_inputs(problem: Problem, seed: int = 0) -> Inputs:
         LayerWeights(draw(4 * H, problem.layer_input_size(l)), draw(4 * H, H), draw(4 * H), draw(4 * H))
         for l in range(L)
     ]
-    inputs = Inputs(
+    if variant != AGREEMENT_SET:
+        gen = torch.Generator().manual_seed(_stream_seed(seed, variant))
+    return Inputs(
         x=draw(T, B, problem.input_size), h0=draw(L, B, H), c0=draw(L, B, H), weights=weights,
         dy=draw(T, B, H), dh_n=draw(L, B, H), dc_n=draw(L, B, H),
     )
+
+
+def make_inputs(problem: Problem, seed: int = 0, variant: int = AGREEMENT_SET) -> Inputs:
+    """Seeded tensors for `problem`, in its dtype and on its device.
+
+    Everything is drawn uniform in +-1/sqrt(H) (nn.LSTM's weight init) on the CPU in float64,
+    then rounded to the problem's dtype, so a given (problem, seed, variant) is the same data on
+    every machine and the float64 reference can start from the very same values. The weights
+    depend on the seed only: every input set of a point runs through one prepared
+    implementation. Nothing is zero: zeros can run faster than real data and hide bugs.
+    """
+    if isinstance(variant, bool) or not isinstance(variant, int) or not 0 <= variant < SATURATING_STREAM:
+        raise ValueError(f"variant must be an integer in [0, {SATURATING_STREAM}), got {variant!r}")
+    return _draw_inputs(problem, seed, variant).to(dtype=problem.torch_dtype, device=problem.device)
+
+
+def saturating_inputs(problem: Problem, seed: int = 0) -> Inputs:
+    """The point's inputs with biases and layer 0's input scaled into the saturating range."""
+    inputs = _draw_inputs(problem, seed, SATURATING_STREAM)
+    gen = torch.Generator().manual_seed(_stream_seed(seed, SATURATING_STREAM + 1))
+
+    def spread(like: torch.Tensor, bound: float) -> torch.Tensor:
+        return (torch.rand(like.shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound
+
+    inputs.x = spread(inputs.x, SATURATING_INPUT)
+    inputs.weights = [LayerWeights(w.w_ih, w.w_hh, spread(w.b_ih, SATURATING_BIAS), spread(w.b_hh, SATURATING_BIAS))
+                      for w in inputs.weights]
     return inputs.to(dtype=problem.torch_dtype, device=problem.device)
+
+
+def input_set(problem: Problem, seed: int, which: int | str) -> Inputs:
+    """Numbered set `which`, or the saturating set for SATURATING."""
+    return saturating_inputs(problem, seed) if which == SATURATING else make_inputs(problem, seed, which)
+
+
+def max_preactivation(inputs: Inputs) -> float:
+    """Largest |gate pre-activation| from layer 0's input projection and biases (the recurrent
+    part left out): how far into saturation `inputs` drive the gates, cheaply."""
+    w = inputs.weights[0]
+    x = inputs.x.to(torch.float64)
+    z = x @ w.w_ih.to(torch.float64).t() + (w.b_ih + w.b_hh).to(torch.float64)
+    return float(z.abs().max())

@@ -1,7 +1,10 @@
 """pytest plugin: the --lstm-* options, the grid parametrisation, and what goes into the results.
 
-Loaded through the `pytest11` entry point, so `pytest suites/` has it with no conftest magic.
-It only acts on tests that ask for the `lstm_point` or `lstm_case` fixtures.
+Loaded through the `pytest11` entry point into every pytest run of an environment where the
+harness is installed, so it stays inert (no discovery, no imports of implementations, nothing
+added to another suite's benchmark JSON) unless the run is the harness's: an --lstm-* option was
+given, a conftest of the run declares LSTM_HARNESS_SUITES (suites/conftest.py does), or a
+collected test asks for the `lstm_point` or `lstm_case` fixtures.
 """
 
 from __future__ import annotations
@@ -42,13 +45,36 @@ def pytest_addoption(parser):
     add("--lstm-max-time", metavar="SECONDS", help="time budget that sizes the rounds (default 1.0)")
 
 
+OPTION_DEFAULTS = {"lstm_grid": "auto", "lstm_device": "auto", "lstm_plugin": []}
+SUITE_MARK = "LSTM_HARNESS_SUITES"
+
+
+def _harness_run(config) -> bool:
+    options = [dest for dest in vars(config.option) if dest.startswith("lstm_")]
+    if any(config.getoption(dest) not in (None, OPTION_DEFAULTS.get(dest)) for dest in options):
+        return True
+    return any(getattr(plugin, SUITE_MARK, False) for plugin in config.pluginmanager.get_plugins())
+
+
+def activate(config) -> BenchSession:
+    """Validate the options and build the run's session (once): from here on the plugin acts."""
+    if SESSION not in config.stash:
+        try:
+            settings = Settings.from_options(config.getoption)
+        except (GridError, RegistryError, ValueError) as exc:
+            raise pytest.UsageError(str(exc)) from None
+        config.stash[SESSION] = BenchSession(settings)
+        settings.allocator = keep_freed_memory()
+    return config.stash[SESSION]
+
+
+def active(config) -> bool:
+    return SESSION in config.stash
+
+
 def pytest_configure(config):
-    try:
-        settings = Settings.from_options(config.getoption)
-    except (GridError, RegistryError, ValueError) as exc:
-        raise pytest.UsageError(str(exc)) from None
-    config.stash[SESSION] = BenchSession(settings)
-    settings.allocator = keep_freed_memory()
+    if _harness_run(config):
+        activate(config)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -56,7 +82,7 @@ def pytest_collection_modifyitems(config, items):
     # (NNNN_lstm-<grid>-<device>.json) so `python -m harness.report` alone finds the newest.
     bench = getattr(config, "_benchmarksession", None)
     timed = any("lstm_case" in getattr(item, "fixturenames", ()) for item in items)
-    if bench is not None and timed and not (bench.save or bench.autosave):
+    if active(config) and bench is not None and timed and not (bench.save or bench.autosave):
         s = bench_session(config).settings
         bench.autosave = f"lstm-{s.grid.name}-{s.device}"
         bench.save_data = True
@@ -67,6 +93,8 @@ def bench_session(config) -> BenchSession:
 
 
 def pytest_report_header(config):
+    if not active(config):
+        return []
     s = bench_session(config).settings
     overrides = ", ".join(f"{k}={','.join(map(str, v))}" for k, v in s.explicit.items())
     return [
@@ -80,7 +108,9 @@ def pytest_report_header(config):
 def pytest_generate_tests(metafunc):
     # Parametrised by id strings (resolved by the fixtures below) so the results JSON's
     # "params" stay plain text.
-    session = bench_session(metafunc.config)
+    if not {"lstm_case", "lstm_point"} & set(metafunc.fixturenames):
+        return
+    session = activate(metafunc.config)
     for name, cases in (("lstm_case", session.cases()), ("lstm_point", session.points())):
         if name in metafunc.fixturenames:
             metafunc.parametrize(name, list(cases), indirect=True)
@@ -89,7 +119,7 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture
 def lstm_session(request) -> BenchSession:
-    return bench_session(request.config)
+    return activate(request.config)
 
 
 @pytest.fixture
@@ -108,7 +138,7 @@ def lstm_point(request, lstm_session):
 def pytest_runtest_makereport(item, call):
     report = yield
     case_id = getattr(item, "callspec", None) and item.callspec.params.get("lstm_case")
-    if case_id and report.when == "call" and not report.passed:
+    if case_id and active(item.config) and report.when == "call" and not report.passed:
         reg, problem, phase = bench_session(item.config).cases()[case_id]
         reason = (report.longrepr[2].removeprefix("Skipped: ")
                   if report.skipped and isinstance(report.longrepr, tuple)
@@ -122,10 +152,13 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    machine_info[RESULTS_KEY] = environment.describe(bench_session(config).settings.device)
+    if active(config):
+        machine_info[RESULTS_KEY] = environment.describe(bench_session(config).settings.device)
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
+    if not active(config):
+        return
     session = bench_session(config)
     s = session.settings
     output_json[RESULTS_KEY] = {
@@ -135,3 +168,36 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
         "not_timed": session.outcomes,
         "ceilings": [c.as_dict() for c in session.ceilings.values()],
     }
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_sessionfinish(session, exitstatus):
+    """pytest-benchmark writes no file for a run without a single timed benchmark; a harness run
+    in which every point failed must still leave its results (the failures) where the report
+    looks, or the report would silently show the previous run."""
+    bench = getattr(session.config, "_benchmarksession", None)
+    if active(session.config) and bench is not None and not bench.benchmarks and not bench.disabled:
+        _save_without_benchmarks(session.config, bench)
+    return (yield)
+
+
+def _save_without_benchmarks(config, bench) -> None:
+    save = bench.save or bench.autosave
+    if not (save or bench.json):
+        return
+    machine_info = bench.get_machine_info()
+    commit_info = config.hook.pytest_benchmark_generate_commit_info(config=config)
+    config.hook.pytest_benchmark_update_commit_info(config=config, commit_info=commit_info)
+
+    def output(include_data: bool) -> dict:
+        data = config.hook.pytest_benchmark_generate_json(config=config, benchmarks=[], include_data=include_data,
+                                                          machine_info=machine_info, commit_info=commit_info)
+        config.hook.pytest_benchmark_update_json(config=config, benchmarks=[], output_json=data)
+        return data
+
+    if bench.json:
+        bench.save_json(output(True))
+    if save:
+        bench.storage.save(output(bench.save_data), save)
+    # Saved: pytest-benchmark's own finish would only warn that there was nothing to save.
+    bench.json, bench.save, bench.autosave = None, False, False

@@ -11,6 +11,8 @@ import contextlib
 import importlib
 import importlib.metadata
 import pkgutil
+import re
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -18,6 +20,9 @@ from harness.impl import Impl
 
 ENTRY_POINT_GROUP = "lstm_harness.impls"
 BUILTIN_PACKAGE = "impls"
+# Names become pytest ids, file names and markdown table cells: no separators, spaces or pipes.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+NAME_RULE = "1 to 64 characters from A-Z a-z 0-9 _ . + -, the first a letter or digit"
 
 
 class RegistryError(LookupError):
@@ -45,7 +50,10 @@ class Registry:
         for attr in ("name", "description"):
             if not isinstance(getattr(cls, attr, None), str) or not getattr(cls, attr):
                 raise RegistryError(f"{cls.__qualname__} must set a non-empty class attribute {attr!r}")
+        check_name(cls)
         # A module imported while loading another (a shared helper) is still named by its own module.
+        if origin is None and cls.__module__.split(".")[0] == BUILTIN_PACKAGE:
+            origin = f"built-in ({cls.__module__})"  # whoever imported it first (a test, a plugin)
         origin = origin or (f"{self._origin} ({cls.__module__})" if self._origin else f"module {cls.__module__}")
         existing = self._entries.get(cls.name)
         if existing is not None:
@@ -96,8 +104,9 @@ class Registry:
     def load_builtins(self) -> None:
         package = importlib.import_module(BUILTIN_PACKAGE)
         for info in pkgutil.iter_modules(package.__path__):
+            module = f"{BUILTIN_PACKAGE}.{info.name}"
             with self.origin("built-in"):
-                importlib.import_module(f"{BUILTIN_PACKAGE}.{info.name}")
+                self._import(module, f"built-in module {module}")
 
     def load_entry_points(self) -> None:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
@@ -113,10 +122,41 @@ class Registry:
 
     def load_module(self, module: str) -> None:
         with self.origin("--lstm-plugin"):
-            try:
-                importlib.import_module(module)
-            except ImportError as exc:
-                raise RegistryError(f"--lstm-plugin {module}: cannot import it: {exc}") from exc
+            self._import(module, f"--lstm-plugin {module}")
+
+    def _import(self, module: str, what: str) -> None:
+        """Import `module`; any failure (not SystemExit or KeyboardInterrupt) becomes a RegistryError
+        naming `what`, with what the failed module registered dropped again."""
+        before = set(self._entries)
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            self._drop_unimported(before)
+            if isinstance(exc, ImportError):
+                raise RegistryError(f"{what}: cannot import it: {one_line(exc) or type(exc).__name__}") from exc
+            raise RegistryError(f"{what}: importing it raised {describe(exc)}") from exc
+
+    def _drop_unimported(self, before: set[str]) -> None:
+        # Python forgets a module whose import failed, so a second try would meet its classes as
+        # "registered twice"; a helper it imported that did succeed stays imported, and registered.
+        self._entries = {name: reg for name, reg in self._entries.items()
+                         if name in before or reg.cls.__module__ in sys.modules}
+
+
+def check_name(cls: type[Impl]) -> None:
+    if not NAME_PATTERN.fullmatch(cls.name):
+        raise RegistryError(f"{cls.__qualname__}: implementation name {cls.name!r} is not allowed; "
+                            f"use {NAME_RULE}")
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception's text on one line, so the error stays one line."""
+    return " ".join(str(exc).split())
+
+
+def describe(exc: BaseException) -> str:
+    """'RuntimeError: boom', or just 'RuntimeError' when it has no text."""
+    return f"{type(exc).__name__}: {one_line(exc)}" if one_line(exc) else type(exc).__name__
 
 
 REGISTRY = Registry()

@@ -10,6 +10,7 @@ Several implementations in one call run side by side and end with a table of ite
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -36,16 +37,36 @@ from harness.sequence_task import (
 DTYPES = ("float32", "float64")
 
 
-def positive(kind):
+SEED_MAX = 2**63 - 1  # as --lstm-seed: a signed 64-bit seed
+
+
+def number(kind):
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        # float() takes nan and inf: nan passes `<= 0`, and either would train to nonsense silently.
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        return value
+    return parse
+
+
+def positive(kind):
+    def parse(text):
+        value = number(kind)(text)
         if value <= 0:
             raise argparse.ArgumentTypeError(f"{text!r} must be positive")
         return value
     return parse
+
+
+def parse_seed(text):
+    value = number(int)(text)
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"{text!r} is outside 0 to {SEED_MAX}")
+    return value
 
 
 def parse_args(argv):
@@ -58,20 +79,22 @@ def parse_args(argv):
     p.add_argument("--clipping", choices=CLIPPING_MODES, default="auto",
                    help="auto: gate clipping inside backward where the implementation can, else global norm")
     p.add_argument("--norm-clip", type=positive(float), default=1.0, help="threshold of the global-norm clip")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
+    p.add_argument("--seed", type=parse_seed, default=0, help="seed of the initial weights")
     p.add_argument("--dtype", choices=DTYPES, default="float32")
     p.add_argument("--device", default="auto", help=f"{', '.join(DEVICE_CHOICES)}")
     p.add_argument("--lstm-plugin", dest="plugins", action="append", default=[], metavar="MODULE")
     p.add_argument("--out", type=Path, default=Path("reports") / "sequence", help="output folder")
     p.add_argument("--no-plot", action="store_true", help="skip the figure")
+    p.add_argument("--overwrite", action="store_true", help="replace the output files of an earlier run")
     args = p.parse_args(argv)
     try:
         args.device = resolve_device("--device", args.device)
         registry = discover(args.plugins)
     except (GridError, RegistryError) as exc:
         p.error(str(exc))
-    configs = list(CONFIGS) if args.config == "all" else args.config.split(",")
-    impls = registry.names() if args.impl == "all" else args.impl.split(",")
+    # Repeats dropped: a second run of the same pair would overwrite the first's files.
+    configs = list(CONFIGS) if args.config == "all" else list(dict.fromkeys(args.config.split(",")))
+    impls = registry.names() if args.impl == "all" else list(dict.fromkeys(args.impl.split(",")))
     for name in configs:
         if name not in CONFIGS:
             p.error(f"--config: unknown configuration {name!r}; choose from {', '.join(CONFIGS)} or all")
@@ -85,7 +108,46 @@ def parse_args(argv):
             clipping_for(cls, args.clipping)
         except ValueError as exc:
             p.error(f"--clipping: {exc}")
+    error = check_outputs(args)
+    if error:
+        p.error(error)
     return args
+
+
+def output_paths(config, cls, args) -> list[Path]:
+    """The files one (configuration, implementation) run writes, in the order written."""
+    stem = f"{config.name}-{cls.name}"  # not Path.with_suffix: a name may hold a dot
+    paths = [args.out / f"{stem}.log", args.out / f"{stem}-loss.csv"]
+    return paths if args.no_plot else [*paths, args.out / f"{stem}.png"]
+
+
+def check_outputs(args) -> str | None:
+    """Why the runs' files cannot be written, found before any training (None when they can)."""
+    paths = [path for config in args.configs for cls in args.impl_classes
+             if cls.supports(_problem(config, args)).ok for path in output_paths(config, cls, args)]
+    return check_out_folder(args.out) or check_existing(paths, args.overwrite)
+
+
+def check_out_folder(out: Path) -> str | None:
+    # mkdir after training would fail on a file anywhere along --out.
+    for folder in (out, *out.parents):
+        if folder.is_dir():
+            return None
+        if folder.exists() or folder.is_symlink():
+            return f"--out: {folder} is an existing file, not a directory" + (
+                "" if folder == out else f" (in --out {out})")
+    return None
+
+
+def check_existing(paths: list[Path], overwrite: bool) -> str | None:
+    taken = [path for path in paths if path.exists() or path.is_symlink()]
+    in_the_way = [path for path in taken if path.is_dir()]
+    if in_the_way:
+        return f"--out: cannot write {', '.join(map(str, in_the_way))}: a directory of that name is in the way"
+    if taken and not overwrite:
+        return (f"--out: refusing to overwrite the earlier run's {', '.join(map(str, taken))}; "
+                f"pass --overwrite to replace them, or choose another --out")
+    return None
 
 
 def train_one(cls, config, args) -> dict:
@@ -115,7 +177,7 @@ def train_one(cls, config, args) -> dict:
 
 def write_outputs(run: dict, args) -> list[Path]:
     config, cls = run["config"], run["impl"]
-    stem = args.out / f"{config.name}-{cls.name}"
+    log, losses, *figure = output_paths(config, cls, args)
     args.out.mkdir(parents=True, exist_ok=True)
     header = [
         f"# {config.name}: {config.about}; implementation {cls.name} ({cls.backend(_problem(config, args))})",
@@ -127,14 +189,13 @@ def write_outputs(run: dict, args) -> list[Path]:
         "target prediction",
     ]
     rows = [f"{t:.6f} {p:.6f}" for t, p in zip(run["target"].tolist(), run["prediction"].tolist(), strict=True)]
-    stem.with_suffix(".log").write_text("\n".join(header + rows) + "\n")
-    pd.DataFrame({"iteration": range(1, len(run["losses"]) + 1), "loss": run["losses"]}).to_csv(
-        stem.parent / f"{stem.name}-loss.csv", index=False)
-    written = [stem.with_suffix(".log"), stem.parent / f"{stem.name}-loss.csv"]
-    if not args.no_plot:
+    log.write_text("\n".join(header + rows) + "\n")
+    pd.DataFrame({"iteration": range(1, len(run["losses"]) + 1), "loss": run["losses"]}).to_csv(losses, index=False)
+    written = [log, losses]
+    if figure:
         from harness.sequence_plot import replot
 
-        written.append(replot(stem.with_suffix(".log")))
+        written.append(replot(log))  # writes the log's name with .png, as output_paths says
     return written
 
 

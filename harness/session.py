@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from harness.agreement import Agreement, AgreementError, check_agreement
+from harness.agreement import (
+    Agreement,
+    AgreementError,
+    ContractError,
+    named_grads,
+    named_outputs,
+    new_agreement,
+    run_and_compare,
+)
 from harness.grid import (
     Grid,
     GridError,
@@ -24,10 +32,26 @@ from harness.grid import (
     resolve_grid,
 )
 from harness.impl import Impl
+from harness.isolation import private_copies, written_inputs
 from harness.memory import saved_bytes
-from harness.problem import DTYPES, PHASES, Inputs, Problem, dtype_support, make_inputs
+from harness.problem import (
+    AGREEMENT_SET,
+    DTYPES,
+    PHASES,
+    SATURATING,
+    TIMED_SETS,
+    Inputs,
+    Problem,
+    dtype_support,
+    make_inputs,
+    max_preactivation,
+    saturating_inputs,
+)
+from harness.process_state import ProcessState
+from harness.reference import reference_for
 from harness.registry import Registration, Registry, discover
 from harness.roofline import Ceiling, measure_ceiling
+from harness.timing import TimedCalls
 
 
 @dataclass
@@ -67,22 +91,37 @@ class Settings:
             "warmup": parse_number("--lstm-warmup", get("lstm_warmup"), int, minimum=0),
             "max_time": parse_number("--lstm-max-time", get("lstm_max_time"), float, minimum=1e-6),
         }
-        seed = parse_number("--lstm-seed", get("lstm_seed"), int, minimum=0)
+        seed = parse_number("--lstm-seed", get("lstm_seed"), int, minimum=0, maximum=2**63 - 1)  # a signed 64-bit seed
         return cls(device=device, grid=grid, problems=problems, impls=registry.select(names),
                    seed=seed if seed is not None else 0,
                    explicit={k: v for k, v in explicit.items() if v},
                    **{k: v for k, v in timing.items() if v is not None})
 
 
+@dataclass
+class Prepared:
+    """An implementation that passed every check on a point before timing, with its own inputs."""
+
+    impl: Impl
+    inputs: dict[int | str, Inputs]  # its private copies of the point's input sets
+    agreement: Agreement  # input set 0
+    saturation: Agreement  # the saturating set
+
+
 class BenchSession:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # The verdict per (implementation, problem): set 0's agreement when everything passed,
+        # else the first check that failed.
         self.agreements: dict[tuple[str, Problem], Agreement] = {}
         self.saved: dict[tuple[str, Problem], int | None] = {}  # bytes kept from forward for backward
         self.ceilings: dict[tuple[str, str], Ceiling] = {}
         self.outcomes: list[dict] = []  # points that were skipped or failed, for the results file
-        self._inputs: tuple[Problem, Inputs] | None = None
-        self._prepared: tuple[tuple[str, Problem], Impl] | None = None
+        # Finished measurements per (implementation, problem): a later phase that fails its check
+        # takes the earlier phases' times of the point with it.
+        self.measured: dict[tuple[str, Problem], list[tuple[str, object]]] = {}
+        self._sets: tuple[Problem, dict[int | str, Inputs]] | None = None
+        self._prepared: tuple[tuple[str, Problem], Prepared] | None = None
 
     def cases(self) -> dict[str, tuple[Registration, Problem, str]]:
         """Timed measurements by test id, problem-major so each (implementation, problem) is
@@ -95,35 +134,96 @@ class BenchSession:
         return {f"{reg.name}-{problem.id}": (reg, problem)
                 for problem in self.settings.problems for reg in self.settings.impls}
 
+    def input_sets(self, problem: Problem) -> dict[int | str, Inputs]:
+        """The point's pristine input sets: set 0 (agreement), the timed sets, the saturating set.
+        The numbered sets share one weights list (one prepared implementation runs them all)."""
+        if self._sets is None or self._sets[0] != problem:
+            self._sets = None  # let the previous problem's tensors go before the new ones exist
+            seed = self.settings.seed
+            sets: dict[int | str, Inputs] = {AGREEMENT_SET: make_inputs(problem, seed)}
+            for k in TIMED_SETS:
+                sets[k] = make_inputs(problem, seed, k)
+                sets[k].weights = sets[AGREEMENT_SET].weights  # equal values: keep one copy
+            sets[SATURATING] = saturating_inputs(problem, seed)
+            self._sets = (problem, sets)
+        return self._sets[1]
+
     def inputs(self, problem: Problem) -> Inputs:
-        if self._inputs is None or self._inputs[0] != problem:
-            self._inputs = None  # let the previous problem's tensors go before the new ones exist
-            self._inputs = (problem, make_inputs(problem, self.settings.seed))
-        return self._inputs[1]
+        return self.input_sets(problem)[AGREEMENT_SET]
 
-    def validated(self, reg: Registration, problem: Problem) -> tuple[Impl, Inputs, Agreement]:
-        """The prepared implementation, once it has passed agreement on `problem`.
+    def validated(self, reg: Registration, problem: Problem) -> Prepared:
+        """The prepared implementation, once it has passed every check on `problem`: agreement on
+        input set 0 (outputs checked before backward runs), agreement in the saturating range,
+        no write into its inputs, no change of process-wide state.
 
-        Raises AgreementError (with the table of what disagreed) when it has not.
+        Raises AgreementError (naming what was wrong) when it has not.
         """
         key = (reg.name, problem)
-        inputs = self.inputs(problem)
-        agreement = self.agreements.get(key)
-        if agreement is not None and not agreement.passed:
-            raise AgreementError(agreement)
+        verdict = self.agreements.get(key)
+        if verdict is not None and not verdict.passed:
+            raise AgreementError(verdict)
         if self._prepared is not None and self._prepared[0] == key:
-            return self._prepared[1], inputs, agreement
+            return self._prepared[1]
         self.release()
-        if agreement is None:
-            agreement, impl = check_agreement(reg.cls, problem, self.settings.seed, inputs)
-            self.agreements[key] = agreement
-            if not agreement.passed:
-                raise AgreementError(agreement)
-            self.saved[key] = saved_bytes(impl, inputs)
-        else:
-            impl = reg.cls(problem, inputs.weights)
-        self._prepared = (key, impl)
-        return impl, inputs, agreement
+        prepared, verdict = self._check_before_timing(reg, problem)
+        self.agreements[key] = verdict
+        if prepared is None:
+            raise AgreementError(verdict)
+        self._prepared = (key, prepared)
+        return prepared
+
+    def _check_before_timing(self, reg: Registration, problem: Problem) -> tuple[Prepared | None, Agreement]:
+        seed = self.settings.seed
+        pristine = self.input_sets(problem)
+        own = private_copies(pristine)
+        before = ProcessState.capture()
+        try:
+            impl = reg.cls(problem, own[AGREEMENT_SET].weights)
+            verdict = run_and_compare(impl, own[AGREEMENT_SET], reference_for(problem, seed, AGREEMENT_SET),
+                                      new_agreement(reg.name, problem, "input set 0"))
+            saturation = new_agreement(reg.name, problem, "saturating input set, |pre-activation| up to "
+                                       f"{max_preactivation(pristine[SATURATING]):.0f}")
+            if verdict.passed:
+                # A second instance: the saturating set has weights of its own (large biases).
+                run_and_compare(reg.cls(problem, own[SATURATING].weights), own[SATURATING],
+                                reference_for(problem, seed, SATURATING), saturation)
+                if not saturation.passed:
+                    verdict = saturation
+            if verdict.passed:
+                self.saved[(reg.name, problem)] = saved_bytes(impl, own[AGREEMENT_SET])
+        finally:
+            changed = ProcessState.capture().changes_since(before)
+            before.restore()
+        verdict.faults += written_inputs(pristine, own)
+        if changed:
+            verdict.faults.append("changed process-wide state: " + ", ".join(changed))
+        if not verdict.passed:
+            return None, verdict
+        return Prepared(impl, own, verdict, saturation), verdict
+
+    def check_after_timing(self, reg: Registration, problem: Problem, prepared: Prepared, calls: TimedCalls,
+                           before: ProcessState) -> Agreement:
+        """The last timed call's result against the reference for the set it ran on, and the
+        same input and state checks as before timing. Runs outside every timed region."""
+        which = calls.last_set
+        check = new_agreement(reg.name, problem, f"after timing: the last timed {calls.phase} call, input set {which}")
+        reference = reference_for(problem, self.settings.seed, which)
+        try:
+            if calls.phase == "forward":
+                check.compare(named_outputs(calls.result), reference[0].named())
+            else:
+                check.compare(named_grads(calls.result, problem.layers), reference[1].named())
+        except ContractError as exc:
+            check.faults.append(str(exc))
+        check.faults += written_inputs(self.input_sets(problem), prepared.inputs)
+        changed = ProcessState.capture().changes_since(before)
+        if changed:
+            before.restore()
+            check.faults.append("changed process-wide state: " + ", ".join(changed))
+        if not check.passed:
+            self.agreements[(reg.name, problem)] = check
+            self.release()
+        return check
 
     def ceiling(self, problem: Problem) -> Ceiling:
         """The device's GEMM ceiling for the problem's dtype, measured once per run."""
@@ -137,4 +237,3 @@ class BenchSession:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-

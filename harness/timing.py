@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 
 from harness.impl import Impl
 from harness.memory import peak_bytes
-from harness.problem import Inputs
+from harness.problem import PHASES, Inputs
 
 
 def synchronize(device: str) -> None:
@@ -38,49 +38,77 @@ def precision(dtype: str) -> Iterator[dict]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def phase_functions(impl: Impl, inputs: Inputs, phase: str, device: str
-                    ) -> tuple[Callable[[], object], Callable[[], None] | None]:
-    """(target, setup) for pytest-benchmark's pedantic mode. Every target ends in a device sync;
-    a backward's setup runs a fresh, untimed forward (and syncs, so none of it leaks in)."""
-    x, h0, c0, dy, dh_n, dc_n = inputs.x, inputs.h0, inputs.c0, inputs.dy, inputs.dh_n, inputs.dc_n
+class TimedCalls:
+    """setup and target of one phase for pytest-benchmark's pedantic mode.
 
-    def forward():
-        out = impl.forward(x, h0, c0)
-        synchronize(device)
-        return out
+    Each call takes the next of the point's timed input sets (chosen in setup, outside the
+    timed region), so consecutive calls never see the same inputs: a result cached from an
+    earlier call, or state left over from it, shows up as a wrong answer. The target keeps a
+    reference to its result and the set it ran on (no copy, nothing else inside the timed region)
+    for the check after timing. Every target ends in a device sync; a backward's setup runs a
+    fresh forward on the same set (and syncs, so none of it leaks into the timing).
+    """
 
-    def backward():
-        grads = impl.backward(dy, dh_n, dc_n)
-        synchronize(device)
-        return grads
+    def __init__(self, impl: Impl, sets: dict[int, Inputs], phase: str, device: str) -> None:
+        if phase not in PHASES:
+            raise ValueError(f"unknown phase {phase!r}")
+        if len(sets) < 2:
+            raise ValueError("rotation needs at least two input sets")
+        self.impl, self.phase, self.device = impl, phase, device
+        self.numbers = sorted(sets)
+        self.sets = sets
+        self.calls = 0
+        self.planned = 1
+        self.last_set: int | None = None
+        self.result: object = None
+        self.target = {"forward": self._forward, "backward": self._backward, "total": self._total}[phase]
 
-    def total():
-        impl.forward(x, h0, c0)
-        return backward()
+    def plan(self, calls: int) -> None:
+        """The next `calls` calls end on the first timed set, whose reference is computed anyway;
+        more calls than planned go on rotating."""
+        self.calls, self.planned = 0, max(calls, 1)
 
-    if phase == "forward":
-        return forward, None
-    if phase == "backward":
-        return backward, lambda: (forward(), None)[1]
-    if phase == "total":
-        return total, None
-    raise ValueError(f"unknown phase {phase!r}")
+    def setup(self) -> tuple[tuple, dict]:
+        index = (self.planned - 1 - self.calls) % len(self.numbers)
+        self.calls += 1
+        self.last_set = self.numbers[index]
+        inputs = self.sets[self.last_set]
+        if self.phase == "forward":
+            return (inputs.x, inputs.h0, inputs.c0), {}
+        if self.phase == "backward":
+            self.impl.forward(inputs.x, inputs.h0, inputs.c0)
+            synchronize(self.device)
+            return (inputs.dy, inputs.dh_n, inputs.dc_n), {}
+        return (inputs.x, inputs.h0, inputs.c0, inputs.dy, inputs.dh_n, inputs.dc_n), {}
+
+    def _forward(self, x, h0, c0):
+        self.result = self.impl.forward(x, h0, c0)
+        synchronize(self.device)
+        return self.result
+
+    def _backward(self, dy, dh_n, dc_n):
+        self.result = self.impl.backward(dy, dh_n, dc_n)
+        synchronize(self.device)
+        return self.result
+
+    def _total(self, x, h0, c0, dy, dh_n, dc_n):
+        self.impl.forward(x, h0, c0)
+        return self._backward(dy, dh_n, dc_n)
 
 
-def probe(target: Callable[[], object], setup: Callable[[], None] | None, device: str) -> tuple[float, int | None]:
-    """One untimed-by-the-benchmark call (also a warm-up): its seconds size the rounds, and on
-    CUDA its peak allocation is the phase's peak memory."""
-    if setup is not None:
-        setup()
+def probe(calls: TimedCalls) -> tuple[float, int | None]:
+    """One call that the benchmark does not time (also a warm-up): its seconds size the rounds,
+    and on CUDA its peak allocation is the phase's peak memory."""
+    args, kwargs = calls.setup()
     seconds = []
 
     def timed():
         start = time.perf_counter()
-        target()
+        calls.target(*args, **kwargs)
         seconds.append(time.perf_counter() - start)
 
-    if device == "cuda":
-        peak = peak_bytes(timed, device)
+    if calls.device == "cuda":
+        peak = peak_bytes(timed, calls.device)
     else:
         timed()
         peak = None

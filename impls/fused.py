@@ -117,6 +117,9 @@ class FusedLSTM(Impl):
     def _combined_bias(w: LayerWeights) -> torch.Tensor:
         return w.b_ih + w.b_hh
 
+    # The tanh of gate g and of the cell state: a seam, so tests can plant a naive formula.
+    _tanh = staticmethod(torch.tanh)
+
     @staticmethod
     def _recurrent_product(layer: _Layer, h_prev: torch.Tensor, x_proj: torch.Tensor) -> torch.Tensor:
         """This step's pre-activations: x_proj + h_prev @ W_h^T."""
@@ -152,13 +155,14 @@ class FusedLSTM(Impl):
             hs, cs, tcs = h.unbind(0), c.unbind(0), tanh_c.unbind(0)
             sig, g = gates[..., :3 * H].unbind(0), gates[..., 3 * H:].unbind(0)
             o, i, f = (gates[..., k * H:(k + 1) * H].unbind(0) for k in range(3))
+            tanh = self._tanh
             for t in range(T):
                 pre = self._recurrent_product(layer, hs[t], gates[t])
                 torch.sigmoid(pre[:, :3 * H], out=sig[t])  # o, i, f
-                torch.tanh(pre[:, 3 * H:], out=g[t])
+                tanh(pre[:, 3 * H:], out=g[t])
                 torch.mul(f[t], cs[t], out=cs[t + 1])
                 cs[t + 1].addcmul_(i[t], g[t])
-                torch.tanh(cs[t + 1], out=tcs[t])
+                tanh(cs[t + 1], out=tcs[t])
                 torch.mul(o[t], tcs[t], out=hs[t + 1])
             layer_input = h[1:]
         # y aliases the top layer's buffer: valid until the next forward, like any workspace.

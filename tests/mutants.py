@@ -6,7 +6,7 @@ Each is the real fused algorithm with one bug planted through a seam of FusedLST
 
 import torch
 
-from harness.impl import Outputs
+from harness.impl import Grads, Outputs
 from impls.fused import FusedLSTM
 
 
@@ -97,3 +97,201 @@ class RunsOutOfMemory(FusedLSTM):
 
 
 BROKEN = [Crashes, RunsOutOfMemory]
+
+
+# -- Wrong in ways one forward + backward on one input set cannot see --------------------------
+# Each is `fused` with one planted bug of a class an adversarial plugin author would reach for;
+# without the checks around timing each of them was timed (and looked fast or correct).
+
+
+def _clone_grads(grads: Grads) -> Grads:
+    return Grads(grads.dx.clone(), grads.dh0.clone(), grads.dc0.clone(),
+                 [w.map(torch.clone) for w in grads.weights])
+
+
+class StaleAccumulator(FusedLSTM):
+    """Weight gradients summed into accumulators that are never re-zeroed: call 2 onwards is wrong."""
+
+    name = "mutant_stale_grads"
+    description = "weight-gradient accumulators never re-zeroed between calls"
+
+    def backward(self, dy, dh_n, dc_n, gate_clip=None):
+        grads = super().backward(dy, dh_n, dc_n, gate_clip)
+        if not hasattr(self, "_acc"):
+            self._acc = [w.map(torch.zeros_like) for w in grads.weights]
+        for acc, new in zip(self._acc, grads.weights, strict=True):
+            for a, n in zip(acc.tensors(), new.tensors(), strict=True):
+                a.add_(n)
+        return Grads(grads.dx, grads.dh0, grads.dc0, [w.map(torch.clone) for w in self._acc])
+
+
+class MemoisedPerInstance(FusedLSTM):
+    """The first call's outputs and gradients returned for every later call, whatever the input."""
+
+    name = "mutant_memo"
+    description = "outputs and gradients cached per instance, returned whatever the input"
+
+    def forward(self, x, h0, c0):
+        if not hasattr(self, "_out"):
+            out = super().forward(x, h0, c0)
+            self._out = Outputs(out.y.clone(), out.h_n.clone(), out.c_n.clone())
+        return self._out
+
+    def backward(self, dy, dh_n, dc_n, gate_clip=None):
+        if not hasattr(self, "_grads"):
+            self._grads = _clone_grads(super().backward(dy, dh_n, dc_n, gate_clip))
+        return self._grads
+
+
+class MemoisedPerClass(FusedLSTM):
+    """Results cached on the class: every instance, on any input, gets the first one's."""
+
+    name = "mutant_class_memo"
+    description = "outputs and gradients cached per class"
+    _cache: dict = {}
+
+    def forward(self, x, h0, c0):
+        key = (type(self), tuple(x.shape))
+        if key not in self._cache:
+            out = super().forward(x, h0, c0)
+            self._cache[key] = Outputs(out.y.clone(), out.h_n.clone(), out.c_n.clone())
+        return self._cache[key]
+
+    def backward(self, dy, dh_n, dc_n, gate_clip=None):
+        key = (type(self), "grads", tuple(dy.shape))
+        if key not in self._cache:
+            self._cache[key] = _clone_grads(super().backward(dy, dh_n, dc_n, gate_clip))
+        return self._cache[key]
+
+
+class LazyForward(FusedLSTM):
+    """forward returns output buffers that only backward fills in."""
+
+    name = "mutant_lazy_forward"
+    description = "forward's outputs are filled in by backward"
+
+    def forward(self, x, h0, c0):
+        self._real = super().forward(x, h0, c0)
+        self._lazy = Outputs(torch.zeros_like(self._real.y), torch.zeros_like(self._real.h_n),
+                             torch.zeros_like(self._real.c_n))
+        return self._lazy
+
+    def backward(self, dy, dh_n, dc_n, gate_clip=None):
+        for lazy, real in zip((self._lazy.y, self._lazy.h_n, self._lazy.c_n),
+                              (self._real.y, self._real.h_n, self._real.c_n), strict=True):
+            lazy.copy_(real)
+        return super().backward(dy, dh_n, dc_n, gate_clip)
+
+
+class BackwardInForward(FusedLSTM):
+    """From the second forward on, the backward runs inside forward with the upstream gradient
+    remembered from the first backward: backward then looks almost free (only correct while dy
+    never changes)."""
+
+    name = "mutant_backward_in_forward"
+    description = "backward's work done in forward with a remembered dy"
+
+    def forward(self, x, h0, c0):
+        out = super().forward(x, h0, c0)
+        if hasattr(self, "_dy"):
+            self._ready = _clone_grads(super().backward(*self._dy))
+        return out
+
+    def backward(self, dy, dh_n, dc_n, gate_clip=None):
+        if getattr(self, "_ready", None) is not None:
+            ready, self._ready = self._ready, None
+            return ready
+        self._dy = (dy.clone(), dh_n.clone(), dc_n.clone())
+        return super().backward(dy, dh_n, dc_n, gate_clip)
+
+
+class NaNFromSecondCall(FusedLSTM):
+    """Correct on the first call of an instance, NaN in y from the second on."""
+
+    name = "mutant_nan_later"
+    description = "correct once, NaN from the second call"
+
+    def forward(self, x, h0, c0):
+        out = super().forward(x, h0, c0)
+        self._calls = getattr(self, "_calls", 0) + 1
+        if self._calls > 1:
+            out.y[-1, 0, 0] = float("nan")
+        return out
+
+
+class WritesIntoX(FusedLSTM):
+    """Uses the caller's x as scratch space after its input projection."""
+
+    name = "mutant_writes_x"
+    description = "writes into its input x"
+
+    def forward(self, x, h0, c0):
+        out = super().forward(x, h0, c0)
+        x.mul_(0.5)
+        return out
+
+
+class NaiveTanh(FusedLSTM):
+    """tanh as (e^2z - 1) / (e^2z + 1): exact for small arguments, NaN once e^2z overflows."""
+
+    name = "mutant_naive_tanh"
+    description = "tanh written with a naive exp"
+
+    @staticmethod
+    def _tanh(z, out):
+        e = torch.exp(2 * z)
+        return torch.div(e - 1, e + 1, out=out)
+
+
+class Float64Results(FusedLSTM):
+    """Computes in float64 and returns float64 where float32 was asked (credited 4e-16 if cast)."""
+
+    name = "mutant_float64"
+    description = "returns float64 tensors for a float32 problem"
+
+    def __init__(self, problem, weights):
+        super().__init__(problem.replace(dtype="float64"), [w.map(torch.Tensor.double) for w in weights])
+
+    def forward(self, x, h0, c0):
+        return super().forward(x.double(), h0.double(), c0.double())
+
+    def backward(self, dy, dh_n, dc_n, gate_clip=None):
+        return super().backward(dy.double(), dh_n.double(), dc_n.double(), gate_clip)
+
+
+class NumpyOutput(FusedLSTM):
+    """Returns y as a NumPy array."""
+
+    name = "mutant_numpy"
+    description = "returns y as a NumPy array"
+
+    def forward(self, x, h0, c0):
+        out = super().forward(x, h0, c0)
+        return Outputs(out.y.numpy(), out.h_n, out.c_n)
+
+
+class OneThread(FusedLSTM):
+    """Changes torch's thread count (as some libraries do on import or first use)."""
+
+    name = "mutant_one_thread"
+    description = "sets torch's thread count to 1"
+
+    def forward(self, x, h0, c0):
+        torch.set_num_threads(1 if torch.get_num_threads() > 1 else 2)  # a change on any machine
+        return super().forward(x, h0, c0)
+
+
+# name -> what the harness must say about it
+TRUST_MUTANTS = {
+    StaleAccumulator: "after timing",
+    MemoisedPerInstance: "after timing",
+    MemoisedPerClass: "saturating input set",
+    LazyForward: "input set 0",
+    BackwardInForward: "after timing",
+    NaNFromSecondCall: "after timing",
+    WritesIntoX: "modified its input x in place",
+    NaiveTanh: "saturating input set",
+    Float64Results: "dtype torch.float64, expected torch.float32",
+    NumpyOutput: "numpy.ndarray, not a torch.Tensor",
+    OneThread: "changed process-wide state: torch.get_num_threads()",
+}

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from harness.grid import GRIDS, GridError, build_problems, parse_positive_ints
+from harness.grid import GRIDS, GridError, build_problems, parse_number, parse_positive_ints
 from harness.session import Settings
 
 NO_GPU = not torch.cuda.is_available()
@@ -48,11 +48,33 @@ def test_explicit_values_override_the_grid():
     ({"lstm_impls": "fused,nope"}, "--lstm-impls: unknown value 'nope'; choose from"),
     ({"lstm_rounds": "0"}, "--lstm-rounds: 0 is below the minimum 1"),
     ({"lstm_max_time": "fast"}, "--lstm-max-time: 'fast' is not a number"),
+    ({"lstm_max_time": "nan"}, "--lstm-max-time: nan is not a finite number"),
+    ({"lstm_max_time": "NaN"}, "--lstm-max-time: NaN is not a finite number"),
+    ({"lstm_max_time": "inf"}, "--lstm-max-time: inf is not a finite number"),
+    ({"lstm_max_time": "-inf"}, "--lstm-max-time: -inf is not a finite number"),
+    ({"lstm_max_time": "1e999"}, "--lstm-max-time: 1e999 is not a finite number"),
+    ({"lstm_seed": str(2**63)}, f"--lstm-seed: {2**63} is above the maximum {2**63 - 1}"),
+    ({"lstm_seed": str(10**400)}, "is above the maximum 9223372036854775807"),
+    ({"lstm_seed": "-1"}, "--lstm-seed: -1 is below the minimum 0"),
 ])
 def test_invalid_values_name_the_option(options, message):
     with pytest.raises(GridError) as info:
         settings(lstm_device="cpu", **options) if "lstm_device" not in options else settings(**options)
     assert message in str(info.value)
+
+
+def test_largest_seed_and_finite_time_are_accepted():
+    s = settings(lstm_device="cpu", lstm_grid="smoke", lstm_seed=str(2**63 - 1), lstm_max_time="1e-3")
+    assert s.seed == 2**63 - 1 and s.max_time == 1e-3
+
+
+def test_parse_number_bounds():
+    assert parse_number("--x", " 7 ", int, minimum=0, maximum=7) == 7
+    assert parse_number("--x", None, int, maximum=7) is None
+    with pytest.raises(GridError, match="--x: 8 is above the maximum 7"):
+        parse_number("--x", "8", int, maximum=7)
+    with pytest.raises(GridError, match="--x: nan is not a finite number"):
+        parse_number("--x", "nan", float, minimum=0.0)
 
 
 @pytest.mark.skipif(not NO_GPU, reason="a GPU is present here")
@@ -74,6 +96,14 @@ def test_bad_options_stop_pytest_before_anything_runs(run_python):
     proc = run_python("-m", "pytest", "suites", "--lstm-impls", "cudnn,nope", "-p", "no:cacheprovider")
     assert proc.returncode == 4 and "known" not in proc.stdout
     assert "unknown value 'nope'; choose from cudnn, cupy, fused, fused_graphs, modular" in proc.stderr
+
+
+def test_nan_max_time_stops_pytest_before_anything_runs(run_python):
+    proc = run_python("-m", "pytest", "suites/test_agreement.py", "--lstm-grid", "smoke", "--lstm-max-time", "nan",
+                      "-p", "no:cacheprovider")
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert "--lstm-max-time: nan is not a finite number" in proc.stderr
+    assert "passed" not in proc.stdout and "failed" not in proc.stdout
 
 
 @pytest.mark.parametrize("dtype", ["tf32", "float16"])

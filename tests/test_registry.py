@@ -1,12 +1,17 @@
+import ast
 import importlib.metadata
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from mutants import RowZeroRecurrence, WrongGateOrder
 
+import harness.registry as registry_module
 from harness.impl import Impl
 from harness.registry import ENTRY_POINT_GROUP, Registry, RegistryError, discover
 
+ROOT = Path(__file__).resolve().parent.parent
 BUILTINS = {"cudnn", "fused", "modular", "cupy"}
 
 
@@ -115,3 +120,140 @@ def test_list_command_shows_the_four_and_plugins(run_python):
     assert "yes: NumPy" in rows["cupy"] and "yes: oneDNN" in rows["cudnn"]
     bad = run_python("-m", "harness", "list", "--lstm-plugin", "no_such_module_here")
     assert bad.returncode == 2 and "no_such_module_here" in bad.stderr
+
+
+# -- plugins that fail at import ---------------------------------------------------------------
+
+def test_plugin_raising_at_import_is_named_and_leaves_nothing_registered():
+    message = "--lstm-plugin raising_plugin: importing it raised RuntimeError: raising_plugin is broken on purpose"
+    for _ in range(2):  # the second try meets the same error, not "registered twice"
+        with pytest.raises(RegistryError) as info:
+            discover(["raising_plugin"])
+        assert str(info.value) == message
+        assert "raising_half" not in discover().names()
+
+
+def test_a_helper_that_did_import_keeps_its_registration(tmp_path, monkeypatch):
+    (tmp_path / "helper_under_test.py").write_text(textwrap.dedent("""
+        from harness.registry import register
+        from impls.fused import FusedLSTM
+
+        @register
+        class Helped(FusedLSTM):
+            name = "helped_under_test"
+            description = "registered by a helper that imports fine"
+    """))
+    (tmp_path / "uses_helper_under_test.py").write_text("import helper_under_test\nraise RuntimeError('later')\n")
+    monkeypatch.syspath_prepend(tmp_path)
+    monkeypatch.setattr(registry_module.REGISTRY, "_entries", dict(discover()._entries))  # restored afterwards
+    try:
+        with pytest.raises(RegistryError, match="uses_helper_under_test: importing it raised RuntimeError: later"):
+            discover(["uses_helper_under_test"])
+        assert "helped_under_test" in discover().names()
+    finally:
+        sys.modules.pop("helper_under_test", None)
+
+
+@pytest.mark.parametrize("body,message", [
+    ("1 / 0", "importing it raised ZeroDivisionError: division by zero"),
+    ("raise RuntimeError()", "importing it raised RuntimeError"),
+    ("raise ValueError('two\\nlines')", "importing it raised ValueError: two lines"),
+    ("import no_such_dependency_here", "cannot import it: No module named 'no_such_dependency_here'"),
+    ("def broken(:\n    pass", "importing it raised SyntaxError: "),
+])
+def test_any_exception_at_plugin_import_is_a_registry_error(body, message, tmp_path, monkeypatch):
+    (tmp_path / "badmod_under_test.py").write_text(body + "\n")
+    monkeypatch.syspath_prepend(tmp_path)
+    with pytest.raises(RegistryError) as info:
+        Registry().load_module("badmod_under_test")
+    assert str(info.value).startswith(f"--lstm-plugin badmod_under_test: {message}")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("body,exception", [("raise SystemExit(3)", SystemExit),
+                                            ("raise KeyboardInterrupt", KeyboardInterrupt)])
+def test_exit_and_interrupt_at_plugin_import_are_not_swallowed(body, exception, tmp_path, monkeypatch):
+    (tmp_path / "exiting_under_test.py").write_text(body + "\n")
+    monkeypatch.syspath_prepend(tmp_path)
+    with pytest.raises(exception):
+        Registry().load_module("exiting_under_test")
+
+
+def test_builtin_module_raising_at_import_is_named(tmp_path, monkeypatch):
+    package = tmp_path / "fake_impls_under_test"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "broken.py").write_text("raise RuntimeError('boom')\n")
+    monkeypatch.syspath_prepend(tmp_path)
+    monkeypatch.setattr(registry_module, "BUILTIN_PACKAGE", "fake_impls_under_test")
+    with pytest.raises(RegistryError, match=r"^built-in module fake_impls_under_test\.broken: "
+                                            r"importing it raised RuntimeError: boom$"):
+        Registry().load_builtins()
+
+
+def test_raising_plugin_is_a_usage_error_in_pytest(run_python):
+    proc = run_python("-m", "pytest", "suites/test_agreement.py", "--lstm-grid", "smoke", "--lstm-device", "cpu",
+                      "--lstm-plugin", "raising_plugin", "-p", "no:cacheprovider")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 4, output
+    assert "--lstm-plugin raising_plugin: importing it raised RuntimeError: raising_plugin is broken" in proc.stderr
+    assert "INTERNALERROR" not in output and "Traceback" not in output
+
+
+def test_raising_plugin_is_a_one_line_error_in_list(run_python):
+    proc = run_python("-m", "harness", "list", "--device", "cpu", "--lstm-plugin", "raising_plugin")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.splitlines() == ["python -m harness: error: --lstm-plugin raising_plugin: importing it raised "
+                                        "RuntimeError: raising_plugin is broken on purpose"]
+    assert proc.stdout == ""
+
+
+def test_raising_plugin_is_a_usage_error_in_the_sequence_cli(run_python, tmp_path):
+    proc = run_python("-m", "harness.sequence", "--impl", "fused", "--iters", "1", "--no-plot", "--out",
+                      str(tmp_path / "out"), "--lstm-plugin", "raising_plugin")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "error: --lstm-plugin raising_plugin: importing it raised RuntimeError: raising_plugin is broken" \
+        in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# -- implementation names ----------------------------------------------------------------------
+
+def _impl_named(name):
+    return type("Named", (WrongGateOrder,), {"name": name, "description": "a name under test"})
+
+
+@pytest.mark.parametrize("name", ["a|b", "two words", " ", "\t\n", "a/b", "../up", "line\nbreak", "x" * 65,
+                                  "_leading", "-leading", ".hidden", "semi;colon", "caf\u00e9"])
+def test_unsafe_names_are_refused(name):
+    registry = Registry()
+    with pytest.raises(RegistryError) as info:
+        registry.add(_impl_named(name))
+    assert f"implementation name {name!r} is not allowed" in str(info.value)
+    assert "1 to 64 characters from A-Z a-z 0-9 _ . + -, the first a letter or digit" in str(info.value)
+    assert len(registry) == 0
+
+
+def _declared_names():
+    """Every `name = "..."` class attribute in impls/ and the test plugins, read without importing them."""
+    files = [*(ROOT / "impls").glob("*.py"), *(ROOT / "tests").glob("*plugin*.py"), ROOT / "tests" / "mutants.py"]
+    names = set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                for stmt in node.body:
+                    if (isinstance(stmt, ast.Assign) and [getattr(t, "id", None) for t in stmt.targets] == ["name"]
+                            and isinstance(stmt.value, ast.Constant)):
+                        names.add(stmt.value.value)
+    return names
+
+
+def test_existing_names_are_accepted():
+    names = _declared_names()
+    assert BUILTINS | {"fused_graphs", "tunable", "raising_half", "mutant_row0", "broken_oom"} <= names
+    names |= {"x" * 64, "a", "7", "lstm.v2", "cudnn+tf32", "my-lstm"}
+    registry = Registry()
+    for name in names:
+        registry.add(_impl_named(name))
+    assert set(registry.names()) == names

@@ -158,3 +158,189 @@ def test_every_result_carries_the_environment():
                 "numpy", "python", "harness", "harness_commit", "gpu"):
         assert key in env, key
     assert env["harness_commit"] and env["torch_threads"] >= 1
+
+
+# --- Failures, suspect numbers and corrupt files (inputs: the fixture, edited in tmp_path) ---
+
+B5T7 = {"batch": 5, "length": 7}
+
+
+def _fixture() -> dict:
+    return json.loads(FIXTURE.read_text())
+
+
+def _write(tmp_path: Path, data: dict, name: str = "edited.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _at(bench: dict, **fields) -> bool:
+    return all(bench["extra_info"][k] == v for k, v in fields.items())
+
+
+def _failure(bench: dict, reason: str) -> dict:
+    """The not_timed entry the plugin would record had this benchmark's test failed."""
+    info = bench["extra_info"]
+    problem = {k: info[k] for k in ("batch", "length", "input_size", "hidden", "layers", "dtype", "device")}
+    return {"impl": info["impl"], "phase": info["phase"], "problem": problem, "outcome": "failed", "reason": reason}
+
+
+def _section(text: str, heading: str) -> str:
+    return text.split(heading + "\n")[1].split("\n## ")[0]
+
+
+def test_a_problem_where_nothing_was_timed_still_has_its_section(tmp_path, capsys):
+    data = _fixture()
+    crashed = [b for b in data["benchmarks"] if _at(b, **B5T7)]
+    data["benchmarks"] = [b for b in data["benchmarks"] if not _at(b, **B5T7)]
+    data["lstm_harness"]["not_timed"] += [_failure(b, "RuntimeError: out of memory") for b in crashed]
+    assert main([str(_write(tmp_path, data)), "--out-dir", str(tmp_path), "--name", "r", "--no-plots"]) == 0
+    text = (tmp_path / "r.md").read_text()
+    section = _section(text, "## Batch size = 5, Length = 7")
+    assert section.startswith("\n2 layer(s), input 12, hidden 16, float32; CPU: ")
+    assert "No implementation was timed on this problem" in section and "| Code " not in section
+    assert "Not timed:" in section
+    for impl in FOUR:
+        assert f"- `{impl}` (forward, backward, total): failed: RuntimeError: out of memory" in section
+    assert "`mutant_forget_bias` (forward, backward, total): failed: not timed: agreement" in section
+    assert [l for l in text.splitlines() if l.startswith("## Batch size")] == [  # the grid's order, kept
+        "## Batch size = 5, Length = 7", "## Batch size = 2, Length = 7",
+        "## Batch size = 5, Length = 3", "## Batch size = 2, Length = 3"]
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_run_in_which_every_test_failed_renders_its_failures(tmp_path, capsys):
+    data = _fixture()
+    data["lstm_harness"]["not_timed"] += [_failure(b, "RuntimeError: boom") for b in data["benchmarks"]]
+    data["benchmarks"] = []
+    csv = tmp_path / "t.csv"
+    assert main([str(_write(tmp_path, data)), "--out-dir", str(tmp_path), "--name", "r", "--csv", str(csv)]) == 0
+    captured = capsys.readouterr()
+    text = (tmp_path / "r.md").read_text()
+    assert text in captured.out and "Traceback" not in captured.err
+    assert [l for l in text.splitlines() if l.startswith("## Batch size")] == [
+        "## Batch size = 5, Length = 7", "## Batch size = 2, Length = 7",
+        "## Batch size = 5, Length = 3", "## Batch size = 2, Length = 3"]
+    assert text.count("No implementation was timed on this problem") == 4
+    assert text.count("(forward, backward, total): failed: RuntimeError: boom") == 4 * 4
+    assert "nothing was timed" in text and "- **Device**: CPU: " in text
+    assert not (tmp_path / "r-figures").exists() and "## Figures" not in text  # nothing to draw
+
+
+def _set_median(data: dict, seconds: float, **fields) -> None:
+    bench = next(b for b in data["benchmarks"] if _at(b, **fields))
+    bench["stats"].update(median=seconds, q1=seconds, q3=seconds, iqr=0.0)
+
+
+def test_a_rate_above_the_ceiling_is_marked_suspect(tmp_path):
+    data = _fixture()
+    ceiling = data["benchmarks"][0]["extra_info"]["ceiling_gflops"] * 1e9
+    flops = data["benchmarks"][0]["extra_info"]["flops"]  # cudnn forward at B5 T7; total counts 3x that
+    _set_median(data, 3 * flops / ceiling / 4.12, impl="fused", phase="total", **B5T7)  # 412 %
+    _set_median(data, flops / ceiling / 2, impl="cupy", phase="forward", **B5T7)  # 200 %, not the column shown
+    assert main([str(_write(tmp_path, data)), "--out-dir", str(tmp_path), "--name", "r", "--no-plots"]) == 0
+    text = (tmp_path / "r.md").read_text()
+    section = _section(text, "## Batch size = 5, Length = 7")
+    fused = next(l for l in section.splitlines() if l.startswith("| fused "))
+    assert "| 412% ‼" in fused
+    cupy = next(l for l in section.splitlines() if l.startswith("| cupy "))
+    assert "‼" in cupy.split("|")[2]  # its forward time, the suspect phase
+    notes = [l for l in section.splitlines() if l.startswith("‼")]
+    assert len(notes) == 2
+    assert any("`fused` total" in n and "412%" in n for n in notes)
+    assert any("`cupy` forward" in n and "200%" in n for n in notes)
+    assert all("exceeds the device's measured GEMM ceiling" in n and "should not be trusted" in n for n in notes)
+    assert "‼" in fused.split("|")[4]  # its total time
+    assert section.count("‼") == len(notes) + 3 and text.count("‼") == section.count("‼") + 1  # + the legend
+    assert "‼ marks a rate above 100% of the measured ceiling" in text
+
+
+def test_missing_phases_show_dashes_never_nan(tmp_path):
+    data = _fixture()
+    drop = [dict(impl="fused", phase="backward", **B5T7), dict(impl="fused", phase="total", **B5T7),
+            dict(impl="modular", phase="forward", batch=2, length=7), dict(impl="cupy", phase="total", batch=2,
+                                                                           length=3)]
+    data["benchmarks"] = [b for b in data["benchmarks"] if not any(_at(b, **d) for d in drop)]
+    assert main([str(_write(tmp_path, data)), "--out-dir", str(tmp_path), "--name", "r"]) == 0
+    text = (tmp_path / "r.md").read_text()
+    assert "nan" not in text.lower()
+    fused = next(l for l in _section(text, "## Batch size = 5, Length = 7").splitlines() if l.startswith("| fused "))
+    cells = [c.strip() for c in fused.strip("|").split("|")]
+    # Code, 3 times, 3 speedups, rate, % of ceiling, kept: backward, total, their speedups and rates are missing
+    assert cells[2:4] == ["-", "-"] and cells[5:9] == ["-"] * 4
+    assert cells[9] == "31.9 KiB"  # what it keeps for backward was measured with its forward
+    b2t7 = _section(text, "## Batch size = 2, Length = 7")
+    assert all(l.split("|")[5].strip() == "-" for l in b2t7.splitlines() if l.startswith("| ") and "Code" not in l)
+    assert (tmp_path / "r-figures" / "bars.png").exists()
+
+
+def _set(path: tuple, value):
+    """A corruption: set the item at a path of keys and indices."""
+    def corrupt(data):
+        *parents, last = path
+        for key in parents:
+            data = data[key]
+        data[last] = value
+    return corrupt
+
+
+def _delete(path: tuple):
+    def corrupt(data):
+        *parents, last = path
+        for key in parents:
+            data = data[key]
+        del data[last]
+    return corrupt
+
+
+NT0 = ("lstm_harness", "not_timed", 0)
+B3 = ("benchmarks", 3)
+CORRUPTIONS = {  # id: (corruption, what the message must name)
+    "section-list": (_set(("lstm_harness",), []), "'lstm_harness'"),
+    "section-string": (_set(("lstm_harness",), "smoke"), "'lstm_harness'"),
+    "not_timed-object": (_set(("lstm_harness", "not_timed"), {"impl": "x"}), "'lstm_harness.not_timed'"),
+    "not_timed-string": (_set(("lstm_harness", "not_timed"), "none"), "'lstm_harness.not_timed'"),
+    "not_timed-entry-string": (_set(NT0, "failed"), "not_timed entry #0"),
+    "not_timed-no-reason": (_delete((*NT0, "reason")), "'reason'"),
+    "not_timed-no-impl": (_delete((*NT0, "impl")), "'impl'"),
+    "not_timed-no-phase": (_delete((*NT0, "phase")), "'phase'"),
+    "not_timed-no-outcome": (_delete((*NT0, "outcome")), "'outcome'"),
+    "not_timed-no-problem": (_delete((*NT0, "problem")), "'problem'"),
+    "not_timed-problem-string": (_set((*NT0, "problem"), "B5-T7"), "'problem'"),
+    "not_timed-problem-no-batch": (_delete((*NT0, "problem", "batch")), "'problem.batch'"),
+    "not_timed-problem-bad-hidden": (_set((*NT0, "problem", "hidden"), "16"), "'problem.hidden'"),
+    "machine_info-string": (_set(("machine_info",), "x86"), "'machine_info'"),
+    "machine_info-list": (_set(("machine_info",), []), "'machine_info'"),
+    "machine_info-section-list": (_set(("machine_info", "lstm_harness"), []), "'machine_info.lstm_harness'"),
+    "stats-list": (_set((*B3, "stats"), [1.0]), "'stats'"),
+    "stats-string": (_set((*B3, "stats"), "fast"), "'stats'"),
+    "median-string": (_set((*B3, "stats", "median"), "0.001"), "'stats.median'"),
+    "median-null": (_set((*B3, "stats", "median"), None), "'stats.median'"),
+    "median-bool": (_set((*B3, "stats", "median"), True), "'stats.median'"),
+    "benchmark-string": (_set(B3, "test_speed"), "benchmark #3"),
+    "benchmark-list": (_set(B3, [1, 2]), "benchmark #3"),
+    "extra_info-list": (_set((*B3, "extra_info"), ["cudnn"]), "'extra_info'"),
+    "flops-string": (_set((*B3, "extra_info", "flops"), "many"), "'extra_info.flops'"),
+    "phase-unknown": (_set((*B3, "extra_info", "phase"), "sideways"), "'extra_info.phase'"),
+    "raw-timings-strings": (_set((*B3, "stats", "data"), ["1e-3"]), "'stats.data'"),
+    "device_name-list": (_set(("machine_info", "lstm_harness", "device_name"), ["cpu"]),
+                         "'machine_info.lstm_harness.device_name'"),
+    "ceilings-string": (_set(("lstm_harness", "ceilings"), "fast"), "'lstm_harness.ceilings'"),
+    "ceiling-no-gflops": (_delete(("lstm_harness", "ceilings", 0, "gflops")), "'lstm_harness.ceilings[0].gflops'"),
+}
+
+
+@pytest.mark.parametrize("corrupt,field", CORRUPTIONS.values(), ids=CORRUPTIONS.keys())
+def test_valid_json_wrong_inside_is_a_message_naming_file_and_field(tmp_path, capsys, corrupt, field):
+    data = _fixture()
+    corrupt(data)
+    bad = _write(tmp_path, data, "bad.json")
+    assert main([str(bad), "--out-dir", str(tmp_path / "out"), "--no-plots"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err
+    assert err.startswith(f"harness.report: error: {bad}: ") and field in err, err
+    assert "Traceback" not in captured.out + err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ResultsError, match=str(bad)):
+        load_results([bad])

@@ -1,7 +1,10 @@
+import argparse
+
 import pytest
 import torch
 from mutants import ForgetBiasOffByOne
 
+from harness import sequence
 from harness.problem import make_inputs
 from harness.registry import discover
 from harness.sequence import main
@@ -94,12 +97,92 @@ def test_cli_trains_generates_and_writes(tmp_path, capsys):
     (["--lr=-1e-4"], "argument --lr: '-1e-4' must be positive"),
     (["--lr", "0"], "argument --lr: '0' must be positive"),
     (["--impl", "cudnn", "--clipping", "gate"], "cudnn cannot clip gate gradients"),
+    (["--lr", "nan"], "argument --lr: 'nan' is not a finite number"),
+    (["--lr", "inf"], "argument --lr: 'inf' is not a finite number"),
+    (["--lr=-inf"], "argument --lr: '-inf' is not a finite number"),
+    (["--lr", "1e999"], "argument --lr: '1e999' is not a finite number"),
+    (["--norm-clip", "nan"], "argument --norm-clip: 'nan' is not a finite number"),
+    (["--norm-clip", "inf"], "argument --norm-clip: 'inf' is not a finite number"),
+    (["--norm-clip", "0"], "argument --norm-clip: '0' must be positive"),
+    (["--seed", str(2**63)], f"argument --seed: '{2**63}' is outside 0 to {2**63 - 1}"),
+    (["--seed=-1"], f"argument --seed: '-1' is outside 0 to {2**63 - 1}"),
 ])
 def test_bad_options_are_usage_errors(args, message, capsys):
     with pytest.raises(SystemExit) as info:
         main(args + ["--iters", "1"] if "--iters" not in args else args)
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def _quick(out, *extra):
+    """The cheapest run: one iteration of the smallest configuration through cudnn (the fastest here)."""
+    return ["--config", "lstm_short", "--impl", "cudnn", "--iters", "1", "--out", str(out), *extra]
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Makes any training an error: a refusal must come before it."""
+    def train_one(*args):
+        raise AssertionError("training started")
+    monkeypatch.setattr(sequence, "train_one", train_one)
+
+
+def test_earlier_outputs_are_not_overwritten_without_overwrite(tmp_path, capsys, monkeypatch):
+    assert main(_quick(tmp_path, "--no-plot")) == 0
+    names = ["lstm_short-cudnn.log", "lstm_short-cudnn-loss.csv"]
+    before = {n: (tmp_path / n).read_text() for n in names}
+    capsys.readouterr()
+    monkeypatch.setattr(sequence, "train_one", lambda *args: pytest.fail("training started"))
+    with pytest.raises(SystemExit) as info:
+        main(_quick(tmp_path, "--no-plot", "--seed", "1"))
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert (f"--out: refusing to overwrite the earlier run's {tmp_path / names[0]}, {tmp_path / names[1]}; "
+            f"pass --overwrite to replace them, or choose another --out") in err
+    assert {n: (tmp_path / n).read_text() for n in names} == before
+    monkeypatch.undo()
+    assert main(_quick(tmp_path, "--no-plot", "--seed", "1", "--overwrite")) == 0
+    log = (tmp_path / names[0]).read_text()
+    assert log != before[names[0]] and "seed 1" in log.splitlines()[1]
+
+
+def test_one_existing_figure_is_enough_to_refuse(tmp_path, capsys, no_training):
+    (tmp_path / "lstm_short-cudnn.png").write_bytes(b"an earlier figure")
+    with pytest.raises(SystemExit) as info:
+        main(_quick(tmp_path))
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"refusing to overwrite the earlier run's {tmp_path / 'lstm_short-cudnn.png'}; pass --overwrite" in err
+    assert (tmp_path / "lstm_short-cudnn.png").read_bytes() == b"an earlier figure"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lstm_short-cudnn.png"]
+
+
+@pytest.mark.parametrize("where", ["out", "parent"])
+def test_out_that_is_a_file_is_refused_before_training(where, tmp_path, capsys, no_training):
+    file = tmp_path / "not_a_folder"
+    file.write_text("keep me")
+    out = file if where == "out" else file / "sub"
+    with pytest.raises(SystemExit) as info:
+        main(_quick(out))
+    assert info.value.code == 2
+    assert f"--out: {file} is an existing file, not a directory" in capsys.readouterr().err
+    assert file.read_text() == "keep me"
+
+
+def test_a_directory_in_the_way_is_refused_even_with_overwrite(tmp_path, capsys, no_training):
+    (tmp_path / "lstm_short-cudnn.log").mkdir()
+    with pytest.raises(SystemExit) as info:
+        main(_quick(tmp_path, "--overwrite"))
+    assert info.value.code == 2
+    assert f"cannot write {tmp_path / 'lstm_short-cudnn.log'}: a directory of that name is in the way" \
+        in capsys.readouterr().err
+
+
+def test_output_names_keep_a_dotted_implementation_name(tmp_path):
+    cls = type("Dotted", (ForgetBiasOffByOne,), {"name": "fused.v2"})
+    args = argparse.Namespace(out=tmp_path, no_plot=False)
+    assert [p.name for p in sequence.output_paths(CONFIGS["lstm_short"], cls, args)] == [
+        "lstm_short-fused.v2.log", "lstm_short-fused.v2-loss.csv", "lstm_short-fused.v2.png"]
 
 
 @pytest.mark.parametrize("config", ["lstm_short", "lstm_long", "deep_lstm_short", "deep_lstm_long"])

@@ -2,22 +2,23 @@ import pytest
 import torch
 
 from harness.impl import Grads, Impl, Outputs
-from harness.problem import make_inputs
-from harness.timing import choose_rounds, phase_functions, precision, probe
+from harness.problem import TIMED_SETS, make_inputs
+from harness.timing import TimedCalls, choose_rounds, precision, probe
 
 
 class Recorder(Impl):
-    """Records the order of calls the timing makes."""
+    """Records the order of calls the timing makes, and which inputs each call saw."""
 
     name = "recorder"
     description = "records calls"
 
     def __init__(self, problem, weights):
         super().__init__(problem, weights)
-        self.calls = []
+        self.calls, self.seen = [], []
 
     def forward(self, x, h0, c0):
         self.calls.append("forward")
+        self.seen.append(x)
         return Outputs(x, h0, c0)
 
     def backward(self, dy, dh_n, dc_n):
@@ -26,29 +27,61 @@ class Recorder(Impl):
         return Grads(dy, dh_n, dc_n, [])
 
 
+def timed_sets(problem):
+    return {k: make_inputs(problem, 0, k) for k in TIMED_SETS}
+
+
 @pytest.mark.parametrize("phase,setup_calls,target_calls", [
     ("forward", [], ["forward"]),
     ("backward", ["forward"], ["backward"]),
     ("total", [], ["forward", "backward"]),
 ])
 def test_each_phase_times_what_it_says(small, phase, setup_calls, target_calls):
-    inputs = make_inputs(small)
-    impl = Recorder(small, inputs.weights)
-    target, setup = phase_functions(impl, inputs, phase, "cpu")
+    sets = timed_sets(small)
+    impl = Recorder(small, sets[1].weights)
+    calls = TimedCalls(impl, sets, phase, "cpu")
     for _ in range(2):  # pytest-benchmark calls setup before every round
         impl.calls.clear()
-        if setup is not None:
-            assert setup() is None  # None: pedantic keeps the target's own (no) arguments
+        args, kwargs = calls.setup()
         assert impl.calls == setup_calls
-        target()
+        result = calls.target(*args, **kwargs)
         assert impl.calls == setup_calls + target_calls
+        assert calls.result is result  # kept for the check after timing
+
+
+@pytest.mark.parametrize("phase", ["forward", "backward", "total"])
+def test_rounds_rotate_input_sets_and_end_on_the_first_timed_set(small, phase):
+    """Consecutive calls never see the same inputs, and the planned last call runs on set 1,
+    whose reference the check after timing needs anyway."""
+    sets = timed_sets(small)
+    impl = Recorder(small, sets[1].weights)
+    calls = TimedCalls(impl, sets, phase, "cpu")
+    calls.plan(7)
+    used = []
+    for _ in range(7):
+        args, kwargs = calls.setup()
+        calls.target(*args, **kwargs)
+        used.append(calls.last_set)
+        assert impl.seen[-1] is sets[calls.last_set].x
+    assert used[-1] == TIMED_SETS[0] and set(used) == set(TIMED_SETS)
+    assert all(a != b for a, b in zip(used, used[1:], strict=False))
+    calls.setup()  # more calls than planned go on rotating
+    assert calls.last_set != used[-1]
+
+
+def test_rotation_needs_two_sets_and_a_known_phase(small):
+    sets = timed_sets(small)
+    impl = Recorder(small, sets[1].weights)
+    with pytest.raises(ValueError, match="two input sets"):
+        TimedCalls(impl, {1: sets[1]}, "forward", "cpu")
+    with pytest.raises(ValueError, match="unknown phase"):
+        TimedCalls(impl, sets, "sideways", "cpu")
 
 
 def test_probe_runs_setup_untimed(small):
-    inputs = make_inputs(small)
-    impl = Recorder(small, inputs.weights)
-    target, setup = phase_functions(impl, inputs, "backward", "cpu")
-    seconds, peak = probe(target, setup, "cpu")
+    sets = timed_sets(small)
+    impl = Recorder(small, sets[1].weights)
+    seconds, peak = probe(TimedCalls(impl, sets, "backward", "cpu"))
     assert seconds >= 0 and peak is None  # peak memory is a CUDA measurement
     assert impl.calls == ["forward", "backward"]
 
@@ -81,19 +114,19 @@ def test_cuda_targets_end_with_device_completion(small, monkeypatch):
 
     events = []
     monkeypatch.setattr(timing, "synchronize", lambda device: events.append(("sync", device)))
-    inputs = make_inputs(small)
-    impl = Recorder(small, inputs.weights)
+    sets = timed_sets(small)
+    impl = Recorder(small, sets[1].weights)
     original_forward, original_backward = impl.forward, impl.backward
     impl.forward = lambda *a: (events.append("forward"), original_forward(*a))[1]
     impl.backward = lambda *a: (events.append("backward"), original_backward(*a))[1]
     for phase in ("forward", "backward", "total"):
-        target, setup = timing.phase_functions(impl, inputs, phase, "cuda")
-        if setup:
-            events.clear()
-            setup()
+        calls = timing.TimedCalls(impl, sets, phase, "cuda")
+        events.clear()
+        args, kwargs = calls.setup()
+        if phase == "backward":
             assert events[-1] == ("sync", "cuda")
         events.clear()
-        target()
+        calls.target(*args, **kwargs)
         assert events[-1] == ("sync", "cuda") and events.count(("sync", "cuda")) == 1, (phase, events)
 
 

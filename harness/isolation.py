@@ -1,0 +1,45 @@
+"""Each implementation works on its own copies of a point's inputs, and must leave them as given.
+
+Shared tensors would let one implementation that writes into x, a weight or dy be timed as
+correct while the correct ones after it are blamed. Copies are compared with the pristine sets
+after the implementation's calls: any write fails that implementation alone.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from harness.problem import Inputs, LayerWeights
+
+
+def private_copies(sets: dict[int | str, Inputs]) -> dict[int | str, Inputs]:
+    """Copies of every set; sets that share one weights list share one copy of it."""
+    weights: dict[int, list[LayerWeights]] = {}
+    copies = {}
+    for which, inputs in sets.items():
+        key = id(inputs.weights)
+        if key not in weights:
+            weights[key] = [w.map(torch.clone) for w in inputs.weights]
+        copies[which] = Inputs(inputs.x.clone(), inputs.h0.clone(), inputs.c0.clone(), weights[key],
+                               inputs.dy.clone(), inputs.dh_n.clone(), inputs.dc_n.clone())
+    return copies
+
+
+def _label(which: int | str) -> str:
+    return "the saturating input set" if isinstance(which, str) else f"input set {which}"
+
+
+def written_inputs(pristine: dict[int | str, Inputs], copies: dict[int | str, Inputs]) -> list[str]:
+    """'modified its input x in place (input set 2)' for every copy that no longer equals its original."""
+    found, seen = [], set()
+    for which, inputs in copies.items():
+        originals = pristine[which].named()
+        for name, tensor in inputs.named().items():
+            if id(tensor) in seen:  # a weight shared by several sets: report it once
+                continue
+            seen.add(id(tensor))
+            original = originals[name]
+            if not (tensor.shape == original.shape and tensor.dtype == original.dtype
+                    and bool(torch.equal(tensor, original))):
+                found.append(f"modified its input {name} in place ({_label(which)})")
+    return found

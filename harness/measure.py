@@ -1,0 +1,114 @@
+"""One timed measurement: checks before, pytest-benchmark's timing, checks after.
+
+The suites call `measure_phase` with pytest-benchmark's fixture; everything between a grid
+point and its row in the results file happens here, in this order:
+support -> agreement, saturation, inputs, state (BenchSession.validated) -> probe and round
+sizing -> timed rounds over rotating input sets -> the last timed call checked against the
+reference, inputs and state checked again. A failed check anywhere discards the time.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from harness.agreement import AgreementError
+from harness.problem import TIMED_SETS, Problem
+from harness.process_state import ProcessState
+from harness.registry import Registration
+from harness.session import BenchSession
+from harness.timing import TimedCalls, choose_rounds, precision, probe
+
+
+def skip_unless_supported(reg: Registration, problem: Problem) -> None:
+    support = reg.cls.supports(problem)
+    if not support.ok:
+        pytest.skip(f"{reg.name} cannot run {problem.id} here: {support.reason}")
+
+
+def discard_timing(benchmark, config) -> None:
+    """Take a finished measurement back out of pytest-benchmark: out of its JSON (has_error is
+    its own way to leave a benchmark out) and out of its terminal table."""
+    benchmark.has_error = True
+    collected = getattr(getattr(config, "_benchmarksession", None), "benchmarks", [])
+    if getattr(benchmark, "stats", None) in collected:
+        collected.remove(benchmark.stats)
+
+
+def discard_point(benchmark, config, session: BenchSession, reg: Registration, problem: Problem, phase: str,
+                  check) -> None:
+    """A failed check after timing discards every time of the point, the earlier phases' too: a
+    forward that looked right may have done backward's work on a remembered input."""
+    discard_timing(benchmark, config)
+    for earlier_phase, earlier in session.measured.pop((reg.name, problem), []):
+        discard_timing(earlier, config)
+        session.outcomes.append({
+            "impl": reg.name, "phase": earlier_phase, "problem": problem.as_dict(), "outcome": "failed",
+            "reason": f"time discarded: the {phase} phase of this point then failed its check ({check.check})",
+        })
+
+
+def check_agreement_only(session: BenchSession, reg: Registration, problem: Problem):
+    """The agreement suite: every check that precedes timing, nothing timed."""
+    skip_unless_supported(reg, problem)
+    try:
+        with precision(problem.dtype):
+            return session.validated(reg, problem).agreement
+    except AgreementError as exc:
+        failure = str(exc)
+    pytest.fail(failure, pytrace=False)
+
+
+def measure_phase(benchmark, config, session: BenchSession, reg: Registration, problem: Problem, phase: str) -> None:
+    """Time one phase of one implementation on one point, or fail (or skip) with the reason."""
+    try:
+        _measure(benchmark, config, session, reg, problem, phase)
+    except AgreementError as exc:
+        failure = f"not timed: {exc}"
+    except torch.OutOfMemoryError as exc:
+        session.release()
+        failure = f"{reg.name} ran out of memory on {problem.id}: {exc}"
+    except Exception:
+        session.release()
+        raise
+    else:
+        return
+    # Outside the except block: a failure raised inside it would print the message twice.
+    pytest.fail(failure, pytrace=False)
+
+
+def _measure(benchmark, config, session: BenchSession, reg: Registration, problem: Problem, phase: str) -> None:
+    settings = session.settings
+    with precision(problem.dtype) as flags:
+        before = ProcessState.capture()
+        skip_unless_supported(reg, problem)
+        ceiling = session.ceiling(problem)  # measured before any implementation is timed
+        prepared = session.validated(reg, problem)
+        timed_sets = {k: v for k, v in prepared.inputs.items() if k in TIMED_SETS}
+        calls = TimedCalls(prepared.impl, timed_sets, phase, problem.device)
+        seconds, peak = probe(calls)
+        rounds = settings.rounds or choose_rounds(seconds, settings.max_time, settings.min_rounds)
+        calls.plan(1 if benchmark.disabled else settings.warmup + rounds)
+        benchmark.group = f"{problem.id} {phase}"
+        agreement = prepared.agreement
+        benchmark.extra_info.update(
+            impl=reg.name, backend=reg.cls.backend(problem), origin=reg.origin, phase=phase,
+            problem_id=problem.id, **problem.as_dict(), flops=problem.flops(phase),
+            agreement_max_error=agreement.max_error, agreement_tolerance=agreement.tolerance,
+            agreement_errors=agreement.errors, saturation_max_error=prepared.saturation.max_error,
+            saturation_check=prepared.saturation.check, seed=settings.seed, warmup_rounds=settings.warmup,
+            ceiling_gflops=ceiling.gflops, saved_bytes=session.saved.get((reg.name, problem)),
+            peak_bytes=peak, threads=before.as_dict()["torch.get_num_threads()"],
+            process_state=before.as_dict(), **flags,
+        )
+        benchmark.pedantic(calls.target, setup=calls.setup, rounds=rounds, warmup_rounds=settings.warmup)
+        started = time.perf_counter()
+        check = session.check_after_timing(reg, problem, prepared, calls, before)
+        if not check.passed:
+            discard_point(benchmark, config, session, reg, problem, phase, check)
+            raise AgreementError(check)
+        benchmark.extra_info.update(verified=check.check, verified_max_error=check.max_error,
+                                    check_seconds=time.perf_counter() - started)
+        session.measured.setdefault((reg.name, problem), []).append((phase, benchmark))
