@@ -73,6 +73,7 @@ class Agreement:
     notes: dict[str, str] = field(default_factory=dict)  # tensor -> wrong type, dtype, device, shape
     faults: list[str] = field(default_factory=list)  # wrong with the call as a whole
     check: str = "input set 0"  # which inputs, and when: named in every message
+    seconds: float | None = None  # what the check cost, where the harness measures its own overhead
 
     def failed(self, name: str) -> bool:
         err = self.errors[name]

@@ -1,9 +1,12 @@
-"""`python -m harness.report --compare OLD.json NEW.json [--fail-above RATIO]`.
+"""`python -m harness.report --compare OLD.json NEW.json [--fail-above RATIO] [--normalize-by IMPL] [--allow-missing]`.
 
 Per implementation, problem and phase: the ratio of medians new/old and a verdict from a
 Mann-Whitney U test on the raw per-round timings saved with the results: faster, slower, same,
-or uncertain (a difference the rounds cannot resolve). With --fail-above, exits 1 when any
-point is slower than that ratio with confidence (one-sided test of new against old x RATIO).
+or uncertain (a difference the rounds cannot resolve). With --normalize-by IMPL every timing is
+first divided by IMPL's median at the same problem and phase of the same run, so drift of the
+whole machine between the runs cancels. With --fail-above, exits 1 when any point is slower
+than that ratio with confidence (one-sided test of new against old x RATIO), when no point was
+in both runs, or when a point of OLD is missing from NEW (unless --allow-missing).
 Differences of device or software between the two runs are printed before anything else.
 """
 
@@ -16,8 +19,10 @@ import numpy as np
 import pandas as pd
 from scipy.stats import mannwhitneyu
 
-from harness.results import ResultsError, load_results
+from harness.problem import Problem, ProblemError
+from harness.results import PROBLEM_FIELDS, ResultsError, load_results
 
+PROG = "harness.report --compare"
 ALPHA = 0.01  # significance of every test
 SAME_BAND = 0.02  # a significant change smaller than 2 % is reported as "same"
 RESOLVE_BAND = 0.05  # an insignificant change larger than 5 % is "uncertain", not "same"
@@ -25,6 +30,12 @@ MIN_ROUNDS = 3
 ENV_KEYS = ("device_name", "gpu", "gpu_driver", "torch", "torch_cuda", "cudnn", "cupy", "numpy", "python",
             "cpu_model", "torch_threads", "harness", "harness_commit")
 KEY = ["device_name", "problem_id", "impl", "phase"]
+JUDGED = ["ratio", "p", "verdict", "regression"]
+ONE_SIDED = {"left_only": "only in old", "right_only": "only in new"}
+
+
+class CompareError(Exception):
+    """The comparison cannot be made as asked (a bad option value): exit 2."""
 
 
 def environment_differences(old: dict, new: dict) -> list[str]:
@@ -48,51 +59,170 @@ def judge(old: list[float], new: list[float], fail_above: float | None = None) -
     return {"ratio": ratio, "p": p, "verdict": verdict, "regression": regression}
 
 
-def compare(old_path: Path, new_path: Path, fail_above: float | None = None) -> tuple[pd.DataFrame, list[str]]:
-    old, new = load_results([old_path]), load_results([new_path])
-    env_old, env_new = old.runs[0].environment, new.runs[0].environment
+def _timings(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """One run's timings and not-timed points, problem ids without the device suffix, and its environment."""
+    results = load_results([path])
+    timings = results.timings.reindex(columns=[*KEY, "median_ms", "data"])
+    if not timings.data.map(lambda d: isinstance(d, list) and len(d) > 0).all():
+        raise ResultsError(f"{path}: lacks raw timings (stats.data); save runs with --benchmark-json "
+                           "or --benchmark-save-data")
+    timings["problem_id"] = timings.problem_id.astype(str).str.replace(r"-(cpu|cuda)$", "", regex=True)
+    not_timed = results.not_timed
+    if not not_timed.empty:
+        ids = not_timed[list(PROBLEM_FIELDS)].apply(_problem_id, axis=1)
+        not_timed = not_timed.assign(problem_id=ids.str.replace(r"-(cpu|cuda)$", "", regex=True))
+    return timings, not_timed, results.runs[0].environment
+
+
+def _problem_id(fields: pd.Series) -> str | None:
+    """The id a not-timed point would have had as a timing (None for a point no Problem can be)."""
+    try:
+        return Problem(**{k: v if isinstance(v, str) else int(v) for k, v in fields.items()}).id
+    except (ProblemError, TypeError, ValueError):
+        return None
+
+
+def _normalised(timings: pd.DataFrame, impl: str, point: list[str], path: Path) -> pd.DataFrame:
+    """Every raw timing of one run divided by IMPL's median at the same point of the same run: drift of
+    the whole machine between two runs then cancels in the ratio new/old (a ratio of ratios). Points
+    where IMPL has no timing keep their raw timings and a missing ref_median, an error if compared."""
+    ref = timings[timings.impl == impl]
+    if ref.empty:
+        known = ", ".join(sorted(set(timings.impl))) or "none"
+        raise CompareError(f"--normalize-by {impl}: {path} has no timings of {impl!r} (it has: {known})")
+    ref = ref.assign(ref_median=ref.data.map(np.median))[[*point, "ref_median"]]
+    if not (ref.ref_median > 0).all():
+        zero = ref[~(ref.ref_median > 0)].iloc[0]
+        raise CompareError(f"--normalize-by {impl}: {path} times {impl!r} at {zero.problem_id} {zero.phase} "
+                           "as 0 seconds; nothing can be divided by it")
+    out = timings.merge(ref, on=point, how="left")
+    out["data"] = [d if pd.isna(m) else list(np.asarray(d) / m) for d, m in zip(out.data, out.ref_median, strict=True)]
+    return out
+
+
+def _check_reference(merged: pd.DataFrame, impl: str, point: list[str], paths: tuple[Path, Path]) -> None:
+    """Every point compared must have IMPL's timing in both runs."""
+    both = merged[merged.side == "both"]
+    for side, path in zip(("old", "new"), paths, strict=True):
+        lacking = both[both[f"ref_median_{side}"].isna()]
+        if not lacking.empty:
+            where = lacking.groupby(point, sort=False).impl.agg(", ".join).reset_index()
+            raise CompareError(f"--normalize-by {impl}: {path} has no timing of {impl!r} at "
+                               + "; ".join(f"{r.problem_id} {r.phase} (needed by {r.impl})"
+                                           for r in where.itertuples()))
+
+
+def _judged(merged: pd.DataFrame, fail_above: float | None, reference: str | None) -> pd.DataFrame:
+    both = merged[merged.side == "both"]
+    judged = pd.DataFrame([judge(o, n, fail_above) for o, n in zip(both.data_old, both.data_new, strict=True)],
+                          index=both.index, columns=JUDGED)
+    if reference is not None:
+        # Its normalised timings are 1 by construction (up to rounding): say so exactly, and judge nothing.
+        judged.loc[both.impl == reference, JUDGED] = [1.0, float("nan"), "same", False]
+    return judged
+
+
+def _why_not_timed(merged: pd.DataFrame, not_timed: pd.DataFrame) -> pd.Series:
+    """For rows only in OLD: NEW's record of why it did not time them (failed agreement, crash ...), if any."""
+    if not_timed.empty:
+        return pd.Series(pd.NA, index=merged.index, dtype=object)
+    why = (not_timed.assign(why=not_timed.outcome + ": " + not_timed.reason)
+           .drop_duplicates(["problem_id", "impl", "phase"])[["problem_id", "impl", "phase", "why"]])
+    found = merged[["problem_id", "impl", "phase"]].merge(why, how="left").why
+    return found.set_axis(merged.index).where(merged.side == "left_only")
+
+
+def compare(old_path: Path, new_path: Path, fail_above: float | None = None,
+            normalize_by: str | None = None) -> tuple[pd.DataFrame, list[str]]:
+    (o, _, env_old), (n, not_timed_new, env_new) = _timings(old_path), _timings(new_path)
     notes = environment_differences(env_old, env_new)
     # Rows are matched by problem and implementation; a different device is named above, and
     # its rows are matched on the problem alone so the comparison still happens, openly.
     key = KEY if not notes else ["problem_id", "impl", "phase"]
-    o = old.timings.assign(problem_id=old.timings.problem_id.str.replace(r"-(cpu|cuda)$", "", regex=True))
-    n = new.timings.assign(problem_id=new.timings.problem_id.str.replace(r"-(cpu|cuda)$", "", regex=True))
+    point = [k for k in key if k != "impl"]
+    if normalize_by is not None:
+        o, n = _normalised(o, normalize_by, point, old_path), _normalised(n, normalize_by, point, new_path)
     merged = o.merge(n, on=key, how="outer", suffixes=("_old", "_new"), indicator="side")
-    rows = []
-    for r in merged.itertuples():
-        base = {"impl": r.impl, "problem": r.problem_id, "phase": r.phase}
-        if r.side != "both":
-            rows.append({**base, "verdict": f"only in {'old' if r.side == 'left_only' else 'new'}"})
-            continue
-        if not r.data_old or not r.data_new:
-            raise ResultsError("a results file lacks raw timings (stats.data); save runs with "
-                               "--benchmark-json or --benchmark-save-data")
-        rows.append({**base, "old_ms": r.median_ms_old, "new_ms": r.median_ms_new,
-                     **judge(r.data_old, r.data_new, fail_above)})
-    return pd.DataFrame(rows), notes
+    if normalize_by is not None:
+        _check_reference(merged, normalize_by, point, (old_path, new_path))
+    table = (merged[["impl", "problem_id", "phase", "median_ms_old", "median_ms_new"]]
+             .rename(columns={"problem_id": "problem", "median_ms_old": "old_ms", "median_ms_new": "new_ms"})
+             .join(_judged(merged, fail_above, normalize_by)))
+    table["verdict"] = table.verdict.fillna(merged.side.astype(str).map(ONE_SIDED))
+    table["why"] = _why_not_timed(merged, not_timed_new)
+    return table, notes
 
 
-def compare_main(paths: list[Path], fail_above: float | None) -> int:
-    try:
-        table, notes = compare(paths[0], paths[1], fail_above)
-    except ResultsError as exc:
-        print(f"harness.report: error: {exc}", file=sys.stderr)
-        return 2
+def _print_table(table: pd.DataFrame, notes: list[str], normalize_by: str | None) -> None:
     if notes:
         print("The two runs differ in environment; read the ratios with that in mind:")
         print("\n".join(f"  {n}" for n in notes) + "\n")
-    shown = table.copy()
-    for col, fmt in (("old_ms", "{:.3g}"), ("new_ms", "{:.3g}"), ("ratio", "{:.3f}"), ("p", "{:.1e}")):
-        if col in shown:
-            shown[col] = [fmt.format(v) if pd.notna(v) else "-" for v in shown[col]]
-    print(shown.rename(columns={"ratio": "new/old", "p": "p (Mann-Whitney)"}).to_markdown(index=False))
+    ratio = "new/old"
+    if normalize_by is not None:
+        ratio = f"new/old normalised by {normalize_by}"
+        print(f"Ratios are normalised by {normalize_by}: each time is divided by {normalize_by}'s median at the same "
+              f"problem and phase of the same run, so drift of the whole machine cancels ({normalize_by}'s own "
+              "rows are 1.00 by construction; a change of its own cannot be seen here). old_ms and new_ms are raw.\n")
+    shown = table.drop(columns="why")
+    for col, fmt in (("old_ms", "{:.3g}"), ("new_ms", "{:.3g}"), ("ratio", "{:.3f}"), ("p", "{:.1e}"),
+                     ("regression", "{}")):
+        shown[col] = [fmt.format(v) if pd.notna(v) else "-" for v in shown[col]]
+    # disable_numparse: tabulate would otherwise reprint "1.000" as "1".
+    shown = shown.rename(columns={"ratio": ratio, "p": "p (Mann-Whitney)"})
+    print(shown.to_markdown(index=False, disable_numparse=True))
     counts = table.verdict.value_counts().to_dict()
     print("\n" + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
-    if fail_above is not None:
-        bad = table[table.get("regression", pd.Series(False, index=table.index)).fillna(False).astype(bool)]
-        if not bad.empty:
-            print(f"\nslower than {fail_above}x with confidence (p < {ALPHA}): "
-                  + ", ".join(f"{r.impl} {r.problem} {r.phase} ({r.ratio:.2f}x)" for r in bad.itertuples()))
-            return 1
-        print(f"\nnothing slower than {fail_above}x with confidence")
+
+
+def _regressions(table: pd.DataFrame, fail_above: float) -> str | None:
+    bad = table[table.regression.eq(True)]
+    if bad.empty:
+        return None
+    return (f"slower than {fail_above}x with confidence (p < {ALPHA}): "
+            + ", ".join(f"{r.impl} {r.problem} {r.phase} ({r.ratio:.2f}x)" for r in bad.itertuples()))
+
+
+def _nothing_compared(table: pd.DataFrame, reference: str | None, paths: list[Path]) -> str | None:
+    judged = table[(table.verdict != ONE_SIDED["left_only"]) & (table.verdict != ONE_SIDED["right_only"])
+                   & (table.impl != reference)]
+    if not judged.empty:
+        return None
+    what = "no implementation, problem and phase" + (f" other than {reference}'s own" if reference else "")
+    return (f"{what} was timed in both {paths[0]} and {paths[1]}, so nothing was compared "
+            "(different grids, devices or implementations?); an empty comparison does not pass")
+
+
+def _missing(table: pd.DataFrame, paths: list[Path]) -> str | None:
+    gone = table[table.verdict == ONE_SIDED["left_only"]]
+    if gone.empty:
+        return None
+    # One entry per implementation and problem (its phases together), with NEW's reason when it has one.
+    groups = gone.groupby(["impl", "problem", "why"], sort=False, dropna=False).phase.agg(", ".join).reset_index()
+    listed = "; ".join(f"{r.impl} {r.problem} {r.phase}" + (f" ({r.why})" if pd.notna(r.why) else "")
+                       for r in groups.itertuples())
+    return f"{len(gone)} row(s) of OLD {paths[0]} missing from NEW {paths[1]}: {listed}"
+
+
+def compare_main(paths: list[Path], fail_above: float | None, normalize_by: str | None = None,
+                 allow_missing: bool = False) -> int:
+    try:
+        table, notes = compare(paths[0], paths[1], fail_above, normalize_by)
+    except (ResultsError, CompareError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    _print_table(table, notes, normalize_by)
+    missing = _missing(table, paths)
+    if missing and (fail_above is None or allow_missing):
+        print(f"\n{missing}" + (" (reported only: --allow-missing)" if allow_missing else ""))
+    if fail_above is None:
+        return 0
+    failures = [_nothing_compared(table, normalize_by, paths), _regressions(table, fail_above),
+                None if allow_missing or not missing else
+                f"{missing}; an implementation that failed or was dropped fails the gate "
+                "(--allow-missing only reports such rows)"]
+    failures = [f for f in failures if f]
+    if failures:
+        print(f"\ngate failed (--fail-above {fail_above}):\n" + "\n".join(f"- {f}" for f in failures))
+        return 1
+    print(f"\nnothing slower than {fail_above}x with confidence")
     return 0

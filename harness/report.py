@@ -19,6 +19,10 @@ from harness.results import DEFAULT_STORAGE, Results, ResultsError, latest_resul
 PHASE_TITLES = {"forward": "Forward (ms)", "backward": "Backward (ms)", "total": "Total (ms)"}
 NOISY = 0.10  # IQR / median above this: the row is flagged (torch.utils.benchmark warns at the same)
 NOISE_MARK = "†"
+SUSPECT_PERCENT = 100  # faster than the device's own best GEMM: wrong code or a wrong measurement, not a speed
+SUSPECT_MARK = "‼"
+MISSING = "-"  # a time, rate or speedup that does not exist (the phase crashed or was not run)
+PROBLEM_KEY = ["device_name", "device", "batch", "length", "input_size", "hidden", "layers", "dtype"]
 
 
 def format_ms(value: float) -> str:
@@ -40,35 +44,64 @@ def format_bytes(value) -> str:
     return f"{int(value)} B"
 
 
+def _speedup(base: float, value: float) -> str:
+    # A crashed or missing phase on either side has no ratio.
+    return MISSING if pd.isna(base) or pd.isna(value) else f"{base / value:.2f}x"
+
+
+def _is_suspect(percent: float) -> bool:
+    return pd.notna(percent) and percent > SUSPECT_PERCENT
+
+
+def _time_cells(medians: pd.DataFrame, noise: pd.DataFrame, suspect: pd.DataFrame, phase: str) -> list[str]:
+    best = medians[phase].min()
+    cells = []
+    for impl, v in medians[phase].items():
+        cell = f"**{format_ms(v)}**" if v == best else format_ms(v)
+        cell += NOISE_MARK if noise.at[impl, phase] > NOISY else ""
+        cells.append(cell + f" {SUSPECT_MARK}" if suspect.at[impl, phase] else cell)
+    return cells
+
+
+def _percent_cell(percent: float) -> str:
+    if pd.isna(percent):
+        return MISSING
+    return f"{percent:.0f}% {SUSPECT_MARK}" if _is_suspect(percent) else f"{percent:.0f}%"
+
+
 def problem_table(rows: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """The seed's table for one problem: median ms per phase, bold minima, speedups."""
     medians = rows.pivot_table(index="impl", columns="phase", values="median_ms", aggfunc="last")
     medians = medians.reindex(columns=[p for p in PHASES if p in medians.columns])
     medians = medians.sort_values("total" if "total" in medians else medians.columns[0])
     table = pd.DataFrame(index=medians.index)
-    noise = (rows.assign(rel_iqr=rows.iqr_ms / rows.median_ms)
-             .pivot_table(index="impl", columns="phase", values="rel_iqr", aggfunc="last").reindex(medians.index))
+
+    def per_phase(values: pd.Series) -> pd.DataFrame:  # impl x phase, aligned with medians
+        return (rows.assign(v=values).pivot_table(index="impl", columns="phase", values="v", aggfunc="last")
+                .reindex(index=medians.index, columns=medians.columns))
+
+    noise = per_phase(rows.iqr_ms / rows.median_ms)
+    suspect = per_phase(rows.percent_of_ceiling.map(_is_suspect).astype(float)).fillna(0).astype(bool)
     for phase in medians.columns:
-        best = medians[phase].min()
-        cells = []
-        for impl, v in medians[phase].items():
-            cell = f"**{format_ms(v)}**" if v == best else format_ms(v)
-            cells.append(cell + NOISE_MARK if noise.at[impl, phase] > NOISY else cell)
-        table[PHASE_TITLES[phase]] = cells
+        table[PHASE_TITLES[phase]] = _time_cells(medians, noise, suspect, phase)
     if baseline in medians.index:
         for phase in medians.columns:
             table[f"{phase.capitalize()} vs {baseline}"] = [
-                f"{medians.at[baseline, phase] / v:.2f}x" for v in medians[phase]]
-    by_phase = rows.set_index(["impl", "phase"])
+                _speedup(medians.at[baseline, phase], v) for v in medians[phase]]
     main_phase = "total" if "total" in medians.columns else medians.columns[0]
-    rate = by_phase.xs(main_phase, level="phase").reindex(medians.index)
+    rate = rows[rows.phase == main_phase].set_index("impl").reindex(medians.index)
     gpu = (rows.device == "cuda").any()
     unit, scale = ("TFLOP/s", 1e-3) if gpu else ("GFLOP/s", 1)
-    table[f"{main_phase.capitalize()} {unit}"] = [f"{v * scale:.3g}" for v in rate.gflops_per_s]
+    # None, not "-", so the column stays numeric (right-aligned) and to_markdown shows MISSING; object dtype, or
+    # pandas' string dtype would turn the None into NaN.
+    table[f"{main_phase.capitalize()} {unit}"] = pd.Series(
+        [f"{v * scale:.3g}" if pd.notna(v) else None for v in rate.gflops_per_s], index=table.index, dtype=object)
     if rate.percent_of_ceiling.notna().any():
-        table["% of ceiling"] = [f"{v:.0f}%" if pd.notna(v) else "-" for v in rate.percent_of_ceiling]
-    if rate.saved_bytes.notna().any():
-        table["Kept for backward"] = [format_bytes(v) for v in rate.saved_bytes]
+        table["% of ceiling"] = [_percent_cell(v) for v in rate.percent_of_ceiling]
+    # Measured once per implementation and problem: any phase's row has it, even when `total` crashed.
+    kept = rows.groupby("impl").saved_bytes.last().reindex(medians.index)
+    if kept.notna().any():
+        table["Kept for backward"] = [format_bytes(v) for v in kept]
     if gpu and rows.peak_bytes.notna().any():
         peaks = rows.pivot_table(index="impl", columns="phase", values="peak_bytes", aggfunc="last")
         for phase in ("forward", "backward"):
@@ -86,9 +119,8 @@ def _versions(env: dict) -> str:
     return ", ".join(parts)
 
 
-def render(results: Results, baseline: str, title: str, figures: list[Path] = (), base: Path = Path(".")) -> str:
-    t = results.timings
-    lines = [f"# LSTM benchmark report: {title}", ""]
+def _run_lines(results: Results) -> list[str]:
+    lines = []
     for run in results.runs:
         env, s = run.environment, run.settings
         commit = env.get("harness_commit") or "unknown commit"
@@ -104,50 +136,75 @@ def render(results: Results, baseline: str, title: str, figures: list[Path] = ()
             lines.append(f"- **Ceiling**: {c['gflops']:.1f} GFLOP/s, measured: {c['how']}; "
                          "each row's rate counts its phase's GEMM FLOPs (forward 2*T*B*4H*(I+H) per layer, "
                          "backward twice that)")
-    if not t.empty:
-        rounds = f"{int(t['rounds'].min())} to {int(t['rounds'].max())}"
-        warmups = sorted({int(w) for w in t["warmup_rounds"].dropna()}) or ["?"]
-        tol = ", ".join(f"{d} {g:.0e}" for d, g in t.groupby("dtype")["agreement_tolerance"].max().items())
-        lines += [
-            f"- **Precision**: {', '.join(sorted(t['dtype'].unique()))}; TF32 off for cuDNN and cuBLAS",
-            f"- **Timing**: pytest-benchmark, median of {rounds} rounds after {'/'.join(map(str, warmups))} "
-            "warm-up round(s) (and one untimed probe call); every timed region ends with device completion; "
-            f"{NOISE_MARK} marks a time whose interquartile range is above {NOISY:.0%} of its median",
-            f"- **Agreement**: every time below comes from an implementation that first matched the float64 "
-            f"reference on that problem (norm-wise relative error of outputs and all gradients; tolerance "
-            f"{tol}; worst seen {t['agreement_max_error'].max():.1e})",
-            "",
-            "## Implementations",
-            "",
-        ]
-        backends = t.drop_duplicates(["impl", "backend"])[["impl", "backend", "origin"]]
-        backends.columns = ["Code", "Backend that ran", "Registered from"]
-        lines += [backends.to_markdown(index=False), ""]
-    if figures:
-        lines += ["## Figures", ""]
-        lines += [f"![{f.stem}]({f.relative_to(base).as_posix()})" for f in figures] + [""]
-    problem_cols = ["device_name", "problem_id", "batch", "length", "input_size", "hidden", "layers", "dtype"]
-    order = t.drop_duplicates(problem_cols)[problem_cols] if not t.empty else pd.DataFrame(columns=problem_cols)
-    not_timed = results.not_timed
-    for _, p in order.iterrows():
-        p = p.to_dict()  # (a Series' .dtype would be the Series' own)
-        rows = t[(t.problem_id == p["problem_id"]) & (t.device_name == p["device_name"])]
-        lines += [f"## Batch size = {p['batch']}, Length = {p['length']}", "",
-                  f"{p['layers']} layer(s), input {p['input_size']}, hidden {p['hidden']}, {p['dtype']}; "
-                  f"{p['device_name']}", ""]
-        lines += [problem_table(rows, baseline).to_markdown(), ""]
-        noisy = rows[rows.iqr_ms / rows.median_ms > NOISY]
-        if not noisy.empty:
-            lines += [f"{NOISE_MARK} noisy: interquartile range above {NOISY:.0%} of the median ("
-                      + ", ".join(f"{r.impl} {r.phase} {r.iqr_ms / r.median_ms:.0%}" for r in noisy.itertuples())
-                      + ")", ""]
-        if baseline not in set(rows.impl):
-            lines += [f"(no speedup columns: baseline `{baseline}` has no time on this problem)", ""]
-        if not not_timed.empty:
-            same = [c for c in problem_cols if c != "problem_id"]
-            missing = not_timed[(not_timed[same] == pd.Series({c: p[c] for c in same})).all(axis=1)]
-            lines += _not_timed_lines(missing)
-    return "\n".join(lines).rstrip() + "\n"
+    return lines
+
+
+def _timing_lines(t: pd.DataFrame) -> list[str]:
+    if t.empty:
+        return ["- **Timing**: nothing was timed: every implementation failed or was skipped on every problem "
+                "(each problem's \"Not timed\" list says why)", ""]
+    rounds = f"{int(t['rounds'].min())} to {int(t['rounds'].max())}"
+    warmups = sorted({int(w) for w in t["warmup_rounds"].dropna()}) or ["?"]
+    tol = ", ".join(f"{d} {g:.0e}" for d, g in t.groupby("dtype")["agreement_tolerance"].max().items())
+    backends = t.drop_duplicates(["impl", "backend"])[["impl", "backend", "origin"]]
+    backends.columns = ["Code", "Backend that ran", "Registered from"]
+    return [
+        f"- **Precision**: {', '.join(sorted(t['dtype'].unique()))}; TF32 off for cuDNN and cuBLAS",
+        f"- **Timing**: pytest-benchmark, median of {rounds} rounds after {'/'.join(map(str, warmups))} "
+        "warm-up round(s) (and one untimed probe call); every timed region ends with device completion; "
+        f"{NOISE_MARK} marks a time whose interquartile range is above {NOISY:.0%} of its median; "
+        f"{SUSPECT_MARK} marks a rate above {SUSPECT_PERCENT}% of the measured ceiling (not to be trusted)",
+        f"- **Agreement**: every time below comes from an implementation that first matched the float64 "
+        f"reference on that problem (norm-wise relative error of outputs and all gradients; tolerance "
+        f"{tol}; worst seen {t['agreement_max_error'].max():.1e})",
+        "",
+        "## Implementations",
+        "",
+        backends.to_markdown(index=False),
+        "",
+    ]
+
+
+def _keys(frame: pd.DataFrame) -> list[tuple]:
+    return list(dict.fromkeys(tuple(r.values()) for r in frame[PROBLEM_KEY].to_dict("records"))) if len(frame) else []
+
+
+def _problems(results: Results) -> list[dict]:
+    """Every problem with a time or a not-timed entry, in the run's order. Both lists were recorded in
+    test order, so a problem where nothing was timed goes before the next problem the two share."""
+    timed, failed = _keys(results.timings), _keys(results.not_timed)
+    order = list(timed)
+    for i, problem in enumerate(failed):
+        if problem not in order:
+            after = next((q for q in failed[i + 1:] if q in timed), None)
+            order.insert(len(order) if after is None else order.index(after), problem)
+    return [dict(zip(PROBLEM_KEY, p, strict=True)) for p in order]
+
+
+def _of(frame: pd.DataFrame, problem: dict) -> pd.DataFrame:
+    if frame.empty:
+        return frame
+    return frame[(frame[PROBLEM_KEY] == pd.Series(problem)).all(axis=1)]
+
+
+def _noisy_lines(rows: pd.DataFrame) -> list[str]:
+    noisy = rows[rows.iqr_ms / rows.median_ms > NOISY]
+    if noisy.empty:
+        return []
+    return [f"{NOISE_MARK} noisy: interquartile range above {NOISY:.0%} of the median ("
+            + ", ".join(f"{r.impl} {r.phase} {r.iqr_ms / r.median_ms:.0%}" for r in noisy.itertuples())
+            + ")", ""]
+
+
+def _suspect_lines(rows: pd.DataFrame) -> list[str]:
+    """Every phase above the ceiling, not only the one the table's rate column shows."""
+    lines = []
+    for r in rows[rows.percent_of_ceiling.map(_is_suspect)].itertuples():
+        lines += [f"{SUSPECT_MARK} suspect: `{r.impl}` {r.phase} ({format_ms(r.median_ms)} ms) runs at "
+                  f"{r.percent_of_ceiling:.0f}% of the measured ceiling ({r.gflops_per_s:.4g} of "
+                  f"{r.ceiling_gflops:.4g} GFLOP/s): the time exceeds the device's measured GEMM ceiling and "
+                  "should not be trusted (wrong code or a wrong measurement)", ""]
+    return lines
 
 
 def _not_timed_lines(missing: pd.DataFrame) -> list[str]:
@@ -157,6 +214,32 @@ def _not_timed_lines(missing: pd.DataFrame) -> list[str]:
     for (impl, outcome, reason), group in missing.groupby(["impl", "outcome", "reason"], sort=False):
         lines.append(f"- `{impl}` ({', '.join(group.phase)}): {outcome}: {reason}")
     return lines + [""]
+
+
+def _problem_section(p: dict, rows: pd.DataFrame, missing: pd.DataFrame, baseline: str) -> list[str]:
+    lines = [f"## Batch size = {p['batch']}, Length = {p['length']}", "",
+             f"{p['layers']} layer(s), input {p['input_size']}, hidden {p['hidden']}, {p['dtype']}; "
+             f"{p['device_name']}", ""]
+    if rows.empty:
+        lines += ["No implementation was timed on this problem: every one that ran failed or was skipped "
+                  "(below).", ""]
+    else:
+        lines += [problem_table(rows, baseline).to_markdown(missingval=MISSING), ""]
+        lines += _suspect_lines(rows) + _noisy_lines(rows)
+        if baseline not in set(rows.impl):
+            lines += [f"(no speedup columns: baseline `{baseline}` has no time on this problem)", ""]
+    return lines + _not_timed_lines(missing)
+
+
+def render(results: Results, baseline: str, title: str, figures: list[Path] = (), base: Path = Path(".")) -> str:
+    lines = [f"# LSTM benchmark report: {title}", ""]
+    lines += _run_lines(results) + _timing_lines(results.timings)
+    if figures:
+        lines += ["## Figures", ""]
+        lines += [f"![{f.stem}]({f.relative_to(base).as_posix()})" for f in figures] + [""]
+    for problem in _problems(results):
+        lines += _problem_section(problem, _of(results.timings, problem), _of(results.not_timed, problem), baseline)
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,12 +255,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("OLD", "NEW"),
                         help="compare two results files instead: new/old per implementation, problem and phase")
     parser.add_argument("--fail-above", type=float, metavar="RATIO",
-                        help="with --compare: exit 1 when anything is slower than RATIO (e.g. 1.05) with confidence")
+                        help="with --compare: exit 1 when anything is slower than RATIO (e.g. 1.05) with confidence, "
+                             "when no point is in both runs, or when a point of OLD is missing from NEW")
+    parser.add_argument("--normalize-by", metavar="IMPL",
+                        help="with --compare: divide every time by IMPL's median at the same problem and phase of "
+                             "the same run (e.g. cudnn), so drift of the whole machine between the runs cancels")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="with --fail-above: only report points of OLD missing from NEW instead of failing")
     args = parser.parse_args(argv)
+    compare_only = {"--fail-above": args.fail_above is not None, "--normalize-by": args.normalize_by is not None,
+                    "--allow-missing": args.allow_missing}
+    if not args.compare and any(compare_only.values()):
+        parser.error(f"{', '.join(k for k, v in compare_only.items() if v)}: only with --compare OLD NEW")
+    if args.fail_above is not None and not 0 < args.fail_above < float("inf"):
+        parser.error(f"--fail-above {args.fail_above}: must be a ratio above 0, e.g. 1.10")
+    if args.allow_missing and args.fail_above is None:
+        parser.error("--allow-missing: only relaxes the gate of --fail-above RATIO, which is not given")
     if args.compare:
         from harness.compare import compare_main
 
-        return compare_main(args.compare, args.fail_above)
+        return compare_main(args.compare, args.fail_above, args.normalize_by, args.allow_missing)
     try:
         paths = args.results or [latest_results(args.storage)]
         results = load_results(paths)
@@ -200,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out_dir / f"{name}.md"
     out.write_text(text)
     if args.csv:
-        results.timings.drop(columns=["data"]).to_csv(args.csv, index=False)
+        results.timings.drop(columns=["data"], errors="ignore").to_csv(args.csv, index=False)
     print(text)
     print(f"(written to {out}{' and ' + str(args.csv) if args.csv else ''})", file=sys.stderr)
     return 0

@@ -8,6 +8,7 @@ large grid does not hold every implementation's buffers at once.
 from __future__ import annotations
 
 import gc
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -49,7 +50,7 @@ from harness.problem import (
 )
 from harness.process_state import ProcessState
 from harness.reference import reference_for
-from harness.registry import Registration, Registry, discover
+from harness.registry import Registration, Registry, RegistryError, discover
 from harness.roofline import Ceiling, measure_ceiling
 from harness.timing import TimedCalls
 
@@ -72,7 +73,16 @@ class Settings:
     def from_options(cls, get, registry: Registry | None = None) -> Settings:
         """Validate every option (get(name) returns its raw value) before anything runs."""
         plugins = get("lstm_plugin") or []
-        registry = registry if registry is not None else discover(plugins)
+        if registry is None:
+            before = ProcessState.capture()
+            registry = discover(plugins)
+            changed = ProcessState.capture().changes_since(before)
+            if changed:
+                # Left in place it would slow or alter every implementation of the run alike.
+                before.restore()
+                raise RegistryError("importing the implementations changed process-wide state ("
+                                    + ", ".join(changed) + "); a plugin or implementation module must not do "
+                                    "this at import (plugins: " + (", ".join(plugins) or "none") + ")")
         device = resolve_device("--lstm-device", get("lstm_device") or "auto")
         grid = resolve_grid("--lstm-grid", get("lstm_grid") or "auto", device)
         names = parse_choices("--lstm-impls", get("lstm_impls"), registry.names())
@@ -185,8 +195,10 @@ class BenchSession:
                                        f"{max_preactivation(pristine[SATURATING]):.0f}")
             if verdict.passed:
                 # A second instance: the saturating set has weights of its own (large biases).
+                started = time.perf_counter()
                 run_and_compare(reg.cls(problem, own[SATURATING].weights), own[SATURATING],
                                 reference_for(problem, seed, SATURATING), saturation)
+                saturation.seconds = time.perf_counter() - started
                 if not saturation.passed:
                     verdict = saturation
             if verdict.passed:

@@ -51,7 +51,8 @@ class UfuncGateMath:
         gates += rec
         s = gates[:, :3 * H]
         xp.negative(s, out=s)
-        xp.exp(s, out=s)
+        with np.errstate(over="ignore"):  # exp(-z) is inf below z = -88: 1 / (1 + inf) = 0 is right
+            xp.exp(s, out=s)
         s += 1
         xp.reciprocal(s, out=s)
         xp.tanh(gates[:, 3 * H:], out=gates[:, 3 * H:])

@@ -2,8 +2,9 @@
 
 import json
 import re
+from pathlib import Path
 
-from conftest import ROOT
+ROOT = Path(__file__).resolve().parent.parent  # not imported from conftest: suites/ has one too
 
 
 def test_readme_example_is_validated_and_timed_with_no_other_change(run_python, tmp_path):
