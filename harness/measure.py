@@ -10,16 +10,18 @@ reference, inputs and state checked again. A failed check anywhere discards the 
 from __future__ import annotations
 
 import time
+import traceback
 
 import pytest
 import torch
 
 from harness.agreement import AgreementError
-from harness.problem import TIMED_SETS, Problem
+from harness.problem import PHASES, TIMED_SETS, Problem
 from harness.process_state import ProcessState
+from harness.reference import reference_for
 from harness.registry import Registration
 from harness.session import BenchSession
-from harness.timing import TimedCalls, choose_rounds, precision, probe
+from harness.timing import TimedCalls, choose_rounds, precision, probe, synchronize
 
 
 def skip_unless_supported(reg: Registration, problem: Problem) -> None:
@@ -42,11 +44,12 @@ def discard_point(benchmark, config, session: BenchSession, reg: Registration, p
     """A failed check after timing discards every time of the point, the earlier phases' too: a
     forward that looked right may have done backward's work on a remembered input."""
     discard_timing(benchmark, config)
+    why = f"failed its check ({check.check})" if check is not None else "did not finish"
     for earlier_phase, earlier in session.measured.pop((reg.name, problem), []):
         discard_timing(earlier, config)
         session.outcomes.append({
-            "impl": reg.name, "phase": earlier_phase, "problem": problem.as_dict(), "outcome": "failed",
-            "reason": f"time discarded: the {phase} phase of this point then failed its check ({check.check})",
+            "impl": reg.name, "phase": earlier_phase, "problem": problem.as_dict(), "problem_id": problem.id,
+            "outcome": "failed", "reason": f"time discarded: the {phase} phase of this point then {why}",
         })
 
 
@@ -63,53 +66,79 @@ def check_agreement_only(session: BenchSession, reg: Registration, problem: Prob
 
 def measure_phase(benchmark, config, session: BenchSession, reg: Registration, problem: Problem, phase: str) -> None:
     """Time one phase of one implementation on one point, or fail (or skip) with the reason."""
+    crashed = None
     try:
         _measure(benchmark, config, session, reg, problem, phase)
     except AgreementError as exc:
         failure = f"not timed: {exc}"
     except torch.OutOfMemoryError as exc:
-        session.release()
         failure = f"{reg.name} ran out of memory on {problem.id}: {exc}"
-    except Exception:
-        session.release()
-        raise
+        traceback.clear_frames(exc.__traceback__)  # the frames hold the point's tensors
+    except Exception as exc:
+        traceback.clear_frames(exc.__traceback__)
+        crashed = exc
     else:
         return
+    if crashed is not None or "ran out of memory" in failure:
+        session.release()  # here, not in the except block: its traceback would keep the memory alive
+    if crashed is not None:
+        raise crashed
     # Outside the except block: a failure raised inside it would print the message twice.
     pytest.fail(failure, pytrace=False)
 
 
 def _measure(benchmark, config, session: BenchSession, reg: Registration, problem: Problem, phase: str) -> None:
-    settings = session.settings
     with precision(problem.dtype) as flags:
         before = ProcessState.capture()
-        skip_unless_supported(reg, problem)
-        ceiling = session.ceiling(problem)  # measured before any implementation is timed
-        prepared = session.validated(reg, problem)
-        timed_sets = {k: v for k, v in prepared.inputs.items() if k in TIMED_SETS}
-        calls = TimedCalls(prepared.impl, timed_sets, phase, problem.device)
-        seconds, peak = probe(calls)
-        rounds = settings.rounds or choose_rounds(seconds, settings.max_time, settings.min_rounds)
-        calls.plan(1 if benchmark.disabled else settings.warmup + rounds)
-        benchmark.group = f"{problem.id} {phase}"
-        agreement = prepared.agreement
-        benchmark.extra_info.update(
-            impl=reg.name, backend=reg.cls.backend(problem), origin=reg.origin, phase=phase,
-            problem_id=problem.id, **problem.as_dict(), flops=problem.flops(phase),
-            agreement_max_error=agreement.max_error, agreement_tolerance=agreement.tolerance,
-            agreement_errors=agreement.errors, saturation_max_error=prepared.saturation.max_error,
-            saturation_check=prepared.saturation.check, saturation_seconds=prepared.saturation.seconds,
-            seed=settings.seed, warmup_rounds=settings.warmup,
-            ceiling_gflops=ceiling.gflops, saved_bytes=session.saved.get((reg.name, problem)),
-            peak_bytes=peak, threads=before.as_dict()["torch.get_num_threads()"],
-            process_state=before.as_dict(), **flags,
-        )
+        try:
+            _timed_and_checked(benchmark, config, session, reg, problem, phase, flags, before)
+        finally:
+            before.restore()  # after a crash too: the next implementation starts from the same state
+
+
+def _timed_and_checked(benchmark, config, session: BenchSession, reg: Registration, problem: Problem, phase: str,
+                       flags: dict, before: ProcessState) -> None:
+    settings = session.settings
+    skip_unless_supported(reg, problem)
+    ceiling = session.ceiling(problem)  # measured before any implementation is timed
+    prepared = session.validated(reg, problem)
+    timed_sets = {k: v for k, v in prepared.inputs.items() if k in TIMED_SETS}
+    calls = TimedCalls(prepared.impl, timed_sets, phase, problem.device)
+    seconds, peak = probe(calls)
+    rounds = settings.rounds or choose_rounds(seconds, settings.max_time, settings.min_rounds)
+    calls.plan(1 if benchmark.disabled else settings.warmup + rounds)
+    benchmark.group = f"{problem.id} {phase}"
+    agreement = prepared.agreement
+    benchmark.extra_info.update(
+        impl=reg.name, backend=reg.cls.backend(problem), origin=reg.origin, phase=phase,
+        problem_id=problem.id, **problem.as_dict(), flops=problem.flops(phase),
+        agreement_max_error=agreement.max_error, agreement_tolerance=agreement.tolerance,
+        agreement_errors=agreement.errors, saturation_max_error=prepared.saturation.max_error,
+        saturation_check=prepared.saturation.check, saturation_seconds=prepared.saturation.seconds,
+        seed=settings.seed, warmup_rounds=settings.warmup,
+        ceiling_gflops=ceiling.gflops, saved_bytes=session.saved.get((reg.name, problem)),
+        peak_bytes=peak, threads=before.as_dict()["torch.get_num_threads()"],
+        process_state=before.as_dict(), **flags,
+    )
+    # The reference the check needs, made before timing: nothing runs long between the last
+    # timed call and its check.
+    reference_for(problem, settings.seed, TIMED_SETS[0])
+    synchronize(problem.device)  # nothing queued (backend detection, the reference) drains into round 1
+    try:
         benchmark.pedantic(calls.target, setup=calls.setup, rounds=rounds, warmup_rounds=settings.warmup)
         started = time.perf_counter()
         check = session.check_after_timing(reg, problem, prepared, calls, before)
-        if not check.passed:
-            discard_point(benchmark, config, session, reg, problem, phase, check)
-            raise AgreementError(check)
-        benchmark.extra_info.update(verified=check.check, verified_max_error=check.max_error,
-                                    check_seconds=time.perf_counter() - started)
+    except BaseException:
+        # Left by anything at all (a crash from round N, Ctrl-C, a timeout, pytest.skip inside the
+        # implementation): pytest-benchmark may already hold the rounds so far. None of them is checked.
+        discard_point(benchmark, config, session, reg, problem, phase, None)
+        raise
+    if not check.passed:
+        discard_point(benchmark, config, session, reg, problem, phase, check)
+        raise AgreementError(check)
+    benchmark.extra_info.update(verified=check.check, verified_max_error=check.max_error,
+                                check_seconds=time.perf_counter() - started)
+    if phase == PHASES[-1]:
+        session.measured.pop((reg.name, problem), None)  # the point is complete: nothing left to take back
+    else:
         session.measured.setdefault((reg.name, problem), []).append((phase, benchmark))

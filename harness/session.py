@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from harness.agreement import (
+    SATURATION_TOLERANCES,
     Agreement,
     AgreementError,
     ContractError,
@@ -47,6 +48,7 @@ from harness.problem import (
     make_inputs,
     max_preactivation,
     saturating_inputs,
+    saturating_problem,
 )
 from harness.process_state import ProcessState
 from harness.reference import reference_for
@@ -108,6 +110,16 @@ class Settings:
                    **{k: v for k, v in timing.items() if v is not None})
 
 
+def state_faults(before: ProcessState) -> list[str]:
+    """What changed since `before`, undone; and what could not be undone."""
+    changed = ProcessState.capture().changes_since(before)
+    if not changed:
+        return []
+    stuck = before.restore()
+    return ["changed process-wide state: " + ", ".join(changed)
+            + (f" (could not be undone: {', '.join(stuck)}; later implementations run with it)" if stuck else "")]
+
+
 @dataclass
 class Prepared:
     """An implementation that passed every check on a point before timing, with its own inputs."""
@@ -130,6 +142,7 @@ class BenchSession:
         # Finished measurements per (implementation, problem): a later phase that fails its check
         # takes the earlier phases' times of the point with it.
         self.measured: dict[tuple[str, Problem], list[tuple[str, object]]] = {}
+        self.calls_run = 0  # speed tests that reached their call (not deselected, skipped by option, ...)
         self._sets: tuple[Problem, dict[int | str, Inputs]] | None = None
         self._prepared: tuple[tuple[str, Problem], Prepared] | None = None
 
@@ -149,12 +162,13 @@ class BenchSession:
         The numbered sets share one weights list (one prepared implementation runs them all)."""
         if self._sets is None or self._sets[0] != problem:
             self._sets = None  # let the previous problem's tensors go before the new ones exist
+            reference_for.cache_clear()  # and its references (on a GPU, gigabytes at the seed's shapes)
             seed = self.settings.seed
             sets: dict[int | str, Inputs] = {AGREEMENT_SET: make_inputs(problem, seed)}
             for k in TIMED_SETS:
                 sets[k] = make_inputs(problem, seed, k)
                 sets[k].weights = sets[AGREEMENT_SET].weights  # equal values: keep one copy
-            sets[SATURATING] = saturating_inputs(problem, seed)
+            sets[SATURATING] = saturating_inputs(saturating_problem(problem), seed)
             self._sets = (problem, sets)
         return self._sets[1]
 
@@ -191,47 +205,48 @@ class BenchSession:
             impl = reg.cls(problem, own[AGREEMENT_SET].weights)
             verdict = run_and_compare(impl, own[AGREEMENT_SET], reference_for(problem, seed, AGREEMENT_SET),
                                       new_agreement(reg.name, problem, "input set 0"))
-            saturation = new_agreement(reg.name, problem, "saturating input set, |pre-activation| up to "
-                                       f"{max_preactivation(pristine[SATURATING]):.0f}")
+            short = saturating_problem(problem)
+            saturation = new_agreement(reg.name, short, f"saturating input set, length {short.length}, "
+                                       f"|pre-activation| up to {max_preactivation(pristine[SATURATING]):.0f}",
+                                       SATURATION_TOLERANCES)
             if verdict.passed:
                 # A second instance: the saturating set has weights of its own (large biases).
                 started = time.perf_counter()
-                run_and_compare(reg.cls(problem, own[SATURATING].weights), own[SATURATING],
-                                reference_for(problem, seed, SATURATING), saturation)
+                run_and_compare(reg.cls(short, own[SATURATING].weights), own[SATURATING],
+                                reference_for(short, seed, SATURATING), saturation)
                 saturation.seconds = time.perf_counter() - started
                 if not saturation.passed:
                     verdict = saturation
             if verdict.passed:
                 self.saved[(reg.name, problem)] = saved_bytes(impl, own[AGREEMENT_SET])
         finally:
-            changed = ProcessState.capture().changes_since(before)
-            before.restore()
-        verdict.faults += written_inputs(pristine, own)
-        if changed:
-            verdict.faults.append("changed process-wide state: " + ", ".join(changed))
+            faults = state_faults(before)
+        verdict.faults += written_inputs(pristine, own) + faults
         if not verdict.passed:
             return None, verdict
+        del own[SATURATING]  # checked: the timed calls never see it
         return Prepared(impl, own, verdict, saturation), verdict
 
     def check_after_timing(self, reg: Registration, problem: Problem, prepared: Prepared, calls: TimedCalls,
                            before: ProcessState) -> Agreement:
         """The last timed call's result against the reference for the set it ran on, and the
-        same input and state checks as before timing. Runs outside every timed region."""
-        which = calls.last_set
+        same input and state checks as before timing. Runs outside every timed region; anything
+        the check itself raises is a failed check."""
+        which = calls.result_set
         check = new_agreement(reg.name, problem, f"after timing: the last timed {calls.phase} call, input set {which}")
-        reference = reference_for(problem, self.settings.seed, which)
         try:
+            reference = reference_for(problem, self.settings.seed, which)
             if calls.phase == "forward":
                 check.compare(named_outputs(calls.result), reference[0].named())
             else:
                 check.compare(named_grads(calls.result, problem.layers), reference[1].named())
-        except ContractError as exc:
-            check.faults.append(str(exc))
-        check.faults += written_inputs(self.input_sets(problem), prepared.inputs)
-        changed = ProcessState.capture().changes_since(before)
-        if changed:
-            before.restore()
-            check.faults.append("changed process-wide state: " + ", ".join(changed))
+        except Exception as exc:  # noqa: BLE001 - whatever it returned, it is not a checked result
+            check.faults.append(str(exc) if isinstance(exc, ContractError)
+                                else f"its result could not be checked: {type(exc).__name__}: {exc}")
+        pristine = self.input_sets(problem)
+        check.faults += written_inputs({calls.last_set: pristine[calls.last_set]}, {calls.last_set: calls.buffers})
+        check.faults += written_inputs({k: pristine[k] for k in prepared.inputs}, prepared.inputs)
+        check.faults += state_faults(before)
         if not check.passed:
             self.agreements[(reg.name, problem)] = check
             self.release()

@@ -41,55 +41,81 @@ def precision(dtype: str) -> Iterator[dict]:
 class TimedCalls:
     """setup and target of one phase for pytest-benchmark's pedantic mode.
 
-    Each call takes the next of the point's timed input sets (chosen in setup, outside the
-    timed region), so consecutive calls never see the same inputs: a result cached from an
-    earlier call, or state left over from it, shows up as a wrong answer. The target keeps a
-    reference to its result and the set it ran on (no copy, nothing else inside the timed region)
-    for the check after timing. Every target ends in a device sync; a backward's setup runs a
-    fresh forward on the same set (and syncs, so none of it leaks into the timing).
+    Every call runs on one fixed set of input buffers, and each call's setup (outside the timed
+    region) copies the next of the point's timed input sets into them: consecutive calls never
+    see the same values, and a result cached from an earlier call, keyed by tensor address or
+    identity, or state left over from it, shows up as a wrong answer. The target keeps a
+    reference to its result (no copy, nothing else inside the timed region) for the check after
+    timing. Every setup and every target ends in a device sync; a backward's setup runs a fresh
+    forward on the same values.
     """
+
+    PROBE_SET_INDEX = 1  # the probe runs on the second timed set: the checked first set is new then
 
     def __init__(self, impl: Impl, sets: dict[int, Inputs], phase: str, device: str) -> None:
         if phase not in PHASES:
             raise ValueError(f"unknown phase {phase!r}")
-        if len(sets) < 2:
-            raise ValueError("rotation needs at least two input sets")
+        if len(sets) < 3:
+            # Three: the first timed call can then always differ from both the probe's set and the next one's.
+            raise ValueError("rotation needs at least three input sets")
         self.impl, self.phase, self.device = impl, phase, device
         self.numbers = sorted(sets)
         self.sets = sets
-        self.calls = 0
-        self.planned = 1
-        self.last_set: int | None = None
-        self.result: object = None
+        first = sets[self.numbers[0]]
+        self.buffers = Inputs(first.x.clone(), first.h0.clone(), first.c0.clone(), first.weights,
+                              first.dy.clone(), first.dh_n.clone(), first.dc_n.clone())
+        self.last_set: int | None = None  # the set whose values are in the buffers
+        self.result: object = None  # the last planned call's result ...
+        self.result_set: int | None = None  # ... and the set it ran on
         self.target = {"forward": self._forward, "backward": self._backward, "total": self._total}[phase]
+        self.plan(1, last=self.PROBE_SET_INDEX)
 
-    def plan(self, calls: int) -> None:
-        """The next `calls` calls end on the first timed set, whose reference is computed anyway;
-        more calls than planned go on rotating."""
+    def plan(self, calls: int, last: int = 0) -> None:
+        """The next `calls` calls: consecutive ones on different sets, the first not on the set of
+        the call before (the probe's), the last (with two or more calls) on set index `last`.
+        Calls beyond the plan (e.g. pytest-benchmark's cProfile pass) go on rotating, but their
+        results are not the ones checked."""
+        count = len(self.numbers)
         self.calls, self.planned = 0, max(calls, 1)
+        self.schedule = [(last + self.planned - 1 - j) % count for j in range(self.planned)]
+        previous = self.numbers.index(self.last_set) if self.last_set is not None else None
+        if self.schedule[0] == previous:
+            taken = {previous, *self.schedule[1:2]}
+            self.schedule[0] = next(i for i in range(count) if i not in taken)
 
     def setup(self) -> tuple[tuple, dict]:
-        index = (self.planned - 1 - self.calls) % len(self.numbers)
+        j = self.calls
+        index = (self.schedule[j] if j < self.planned
+                 else (self.schedule[-1] + 1 + j - self.planned) % len(self.numbers))
         self.calls += 1
         self.last_set = self.numbers[index]
-        inputs = self.sets[self.last_set]
-        if self.phase == "forward":
-            return (inputs.x, inputs.h0, inputs.c0), {}
+        source, b = self.sets[self.last_set], self.buffers
+        for name in ("x", "h0", "c0", "dy", "dh_n", "dc_n"):
+            getattr(b, name).copy_(getattr(source, name))
         if self.phase == "backward":
-            self.impl.forward(inputs.x, inputs.h0, inputs.c0)
-            synchronize(self.device)
-            return (inputs.dy, inputs.dh_n, inputs.dc_n), {}
-        return (inputs.x, inputs.h0, inputs.c0, inputs.dy, inputs.dh_n, inputs.dc_n), {}
+            self.impl.forward(b.x, b.h0, b.c0)
+        synchronize(self.device)
+        if self.phase == "forward":
+            return (b.x, b.h0, b.c0), {}
+        if self.phase == "backward":
+            return (b.dy, b.dh_n, b.dc_n), {}
+        return (b.x, b.h0, b.c0, b.dy, b.dh_n, b.dc_n), {}
+
+    def _keep(self, result: object) -> None:
+        if self.calls <= self.planned:
+            self.result, self.result_set = result, self.last_set
 
     def _forward(self, x, h0, c0):
-        self.result = self.impl.forward(x, h0, c0)
+        out = self.impl.forward(x, h0, c0)
         synchronize(self.device)
-        return self.result
+        self._keep(out)
+        return out
 
     def _backward(self, dy, dh_n, dc_n):
-        self.result = self.impl.backward(dy, dh_n, dc_n)
+        grads = self.impl.backward(dy, dh_n, dc_n)
         synchronize(self.device)
-        return self.result
+        self._keep(grads)
+        return grads
 
     def _total(self, x, h0, c0, dy, dh_n, dc_n):
         self.impl.forward(x, h0, c0)

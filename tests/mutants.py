@@ -281,6 +281,58 @@ class OneThread(FusedLSTM):
         return super().forward(x, h0, c0)
 
 
+class MemoisedByAddress(FusedLSTM):
+    """Results cached by the address of x and dy: right for as long as callers pass new tensors."""
+
+    name = "mutant_address_memo"
+    description = "outputs and gradients cached by the inputs' data pointers"
+
+    def forward(self, x, h0, c0):
+        cache = self.__dict__.setdefault("_outputs_by_address", {})
+        if x.data_ptr() not in cache:
+            out = super().forward(x, h0, c0)
+            cache[x.data_ptr()] = Outputs(out.y.clone(), out.h_n.clone(), out.c_n.clone())
+        return cache[x.data_ptr()]
+
+    def backward(self, dy, dh_n, dc_n, gate_clip=None):
+        cache = self.__dict__.setdefault("_grads_by_address", {})
+        if dy.data_ptr() not in cache:
+            cache[dy.data_ptr()] = _clone_grads(super().backward(dy, dh_n, dc_n, gate_clip))
+        return cache[dy.data_ptr()]
+
+
+class LateOutputs(FusedLSTM):
+    """Returns an Outputs subclass that does the work when its tensors are read."""
+
+    name = "mutant_late_outputs"
+    description = "forward's result computes when it is read"
+
+    def forward(self, x, h0, c0):
+        impl = self
+
+        class Late(Outputs):
+            def named(self):
+                real = FusedLSTM.forward(impl, x, h0, c0)
+                return real.named()
+
+        return Late(x[..., :1], h0, c0)
+
+
+class SkipsMidTiming(FusedLSTM):
+    """Calls pytest.skip from its fourth forward on, in the middle of the timed rounds."""
+
+    name = "mutant_skips"
+    description = "raises pytest's Skipped from inside a timed round"
+
+    def forward(self, x, h0, c0):
+        self._calls = getattr(self, "_calls", 0) + 1
+        if self._calls >= 4:
+            import pytest
+
+            pytest.skip("planted skip from inside a timed round")
+        return super().forward(x, h0, c0)
+
+
 # name -> what the harness must say about it
 TRUST_MUTANTS = {
     StaleAccumulator: "after timing",
@@ -294,4 +346,7 @@ TRUST_MUTANTS = {
     Float64Results: "dtype torch.float64, expected torch.float32",
     NumpyOutput: "numpy.ndarray, not a torch.Tensor",
     OneThread: "changed process-wide state: torch.get_num_threads()",
+    MemoisedByAddress: "after timing",
+    LateOutputs: "not harness.Outputs",
+    SkipsMidTiming: "planted skip",
 }

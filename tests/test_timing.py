@@ -40,6 +40,7 @@ def test_each_phase_times_what_it_says(small, phase, setup_calls, target_calls):
     sets = timed_sets(small)
     impl = Recorder(small, sets[1].weights)
     calls = TimedCalls(impl, sets, phase, "cpu")
+    calls.plan(2)
     for _ in range(2):  # pytest-benchmark calls setup before every round
         impl.calls.clear()
         args, kwargs = calls.setup()
@@ -62,18 +63,39 @@ def test_rounds_rotate_input_sets_and_end_on_the_first_timed_set(small, phase):
         args, kwargs = calls.setup()
         calls.target(*args, **kwargs)
         used.append(calls.last_set)
-        assert impl.seen[-1] is sets[calls.last_set].x
+        # One fixed buffer, new values each call: a cache keyed by address or identity goes stale.
+        assert impl.seen[-1] is calls.buffers.x and torch.equal(impl.seen[-1], sets[calls.last_set].x)
     assert used[-1] == TIMED_SETS[0] and set(used) == set(TIMED_SETS)
     assert all(a != b for a, b in zip(used, used[1:], strict=False))
-    calls.setup()  # more calls than planned go on rotating
+    checked = calls.result
+    assert calls.result_set == TIMED_SETS[0]
+    args, kwargs = calls.setup()  # more calls than planned (cProfile's) go on rotating ...
     assert calls.last_set != used[-1]
+    calls.target(*args, **kwargs)
+    assert calls.result is checked and calls.result_set == TIMED_SETS[0]  # ... but are not the checked one
 
 
-def test_rotation_needs_two_sets_and_a_known_phase(small):
+@pytest.mark.parametrize("planned", range(1, 8))
+def test_the_first_timed_call_never_repeats_the_probes_set(small, planned):
     sets = timed_sets(small)
     impl = Recorder(small, sets[1].weights)
-    with pytest.raises(ValueError, match="two input sets"):
-        TimedCalls(impl, {1: sets[1]}, "forward", "cpu")
+    calls = TimedCalls(impl, sets, "forward", "cpu")
+    probe(calls)
+    used = [calls.last_set]
+    calls.plan(planned)
+    for _ in range(planned):
+        calls.setup()
+        used.append(calls.last_set)
+    assert all(a != b for a, b in zip(used, used[1:], strict=False)), used
+    if planned > 1:
+        assert used[-1] == TIMED_SETS[0]
+
+
+def test_rotation_needs_three_sets_and_a_known_phase(small):
+    sets = timed_sets(small)
+    impl = Recorder(small, sets[1].weights)
+    with pytest.raises(ValueError, match="three input sets"):
+        TimedCalls(impl, {1: sets[1], 2: sets[2]}, "forward", "cpu")
     with pytest.raises(ValueError, match="unknown phase"):
         TimedCalls(impl, sets, "sideways", "cpu")
 

@@ -209,3 +209,21 @@ def test_a_plugin_that_changes_process_state_at_import_is_a_usage_error(run_pyth
     assert proc.returncode == 4, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "changed process-wide state (torch.get_num_threads()" in proc.stderr
     assert "plugins: threads_plugin" in proc.stderr
+
+
+@pytest.mark.parametrize("how", [["--collect-only"], ["-k", "no_such_test"]])
+def test_a_run_that_times_nothing_leaves_no_results_file(run_python, tmp_path, how):
+    """Else it would become the newest run and hide the last real one from the report."""
+    proc = run_python(*SPEED, "--lstm-impls", "fused", f"--benchmark-storage=file://{tmp_path}", *how)
+    assert proc.returncode in (0, 5), proc.stdout[-2000:]
+    assert not list(tmp_path.glob("*/*.json"))
+
+
+def test_plugin_option_choices_match_the_harness():
+    from harness import pytest_plugin
+    from harness.grid import DEVICE_CHOICES, GRID_CHOICES
+    from harness.problem import DTYPES
+
+    assert pytest_plugin.GRID_NAMES == GRID_CHOICES
+    assert pytest_plugin.DEVICE_NAMES == DEVICE_CHOICES
+    assert pytest_plugin.DTYPE_NAMES == tuple(DTYPES)
