@@ -139,6 +139,17 @@ def _run_lines(results: Results) -> list[str]:
     return lines
 
 
+def _checked_lines(t: pd.DataFrame) -> str:
+    """The checks around timing, where the results file records them (older files do not)."""
+    if t.get("verified_max_error") is None or t["verified_max_error"].isna().all():
+        return ""
+    return (f", then on inputs that drive the gates into saturation (worst {t['saturation_max_error'].max():.1e}), "
+            f"and again on the last timed call of each phase, on other inputs than the first check's "
+            f"(worst {t['verified_max_error'].max():.1e}); the checks cost {t['check_seconds'].sum():.1f} s after "
+            f"timing and {t.drop_duplicates(['impl', 'problem_id'])['saturation_seconds'].sum():.1f} s on the "
+            "saturating inputs, outside every timed region")
+
+
 def _timing_lines(t: pd.DataFrame) -> list[str]:
     if t.empty:
         return ["- **Timing**: nothing was timed: every implementation failed or was skipped on every problem "
@@ -156,7 +167,7 @@ def _timing_lines(t: pd.DataFrame) -> list[str]:
         f"{SUSPECT_MARK} marks a rate above {SUSPECT_PERCENT}% of the measured ceiling (not to be trusted)",
         f"- **Agreement**: every time below comes from an implementation that first matched the float64 "
         f"reference on that problem (norm-wise relative error of outputs and all gradients; tolerance "
-        f"{tol}; worst seen {t['agreement_max_error'].max():.1e})",
+        f"{tol}; worst seen {t['agreement_max_error'].max():.1e})" + _checked_lines(t),
         "",
         "## Implementations",
         "",

@@ -147,7 +147,8 @@ def _row(path: Path, bench: dict, device_name: str) -> dict:
            "device_name": device_name, "run": path.name,
            # Added later: absent from older results files.
            **{k: _field(info, k, "number", "extra_info.", optional=True)
-              for k in ("ceiling_gflops", "saved_bytes", "peak_bytes")},
+              for k in ("ceiling_gflops", "saved_bytes", "peak_bytes", "saturation_max_error", "verified_max_error",
+                        "check_seconds", "saturation_seconds")},
            # Raw per-round timings (seconds), kept for --compare's statistical test.
            "data": _field(bench["stats"], "data", "numbers", "stats.", optional=True)}
     row["gflops_per_s"] = row["flops"] / (row["median_ms"] * 1e-3) / 1e9  # median_ms > 0: checked
