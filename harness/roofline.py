@@ -15,6 +15,9 @@ from harness.timing import precision, synchronize
 # Square matrix products big enough to run at the device's best rate.
 SIZES = {"cpu": 2048, "cuda": 8192}
 REPEATS = 5
+# Products run for this long before the measured ones, whatever the device: one product (~1 ms on
+# a GPU) is not enough, an idle GPU has been seen at 345 MHz before its first large product.
+WARMUP_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -25,20 +28,33 @@ class Ceiling:
     size: int
     repeats: int
     by_library: tuple[tuple[str, float], ...] = ()
+    warmup_seconds: float = WARMUP_SECONDS  # per library, before its measured products
 
     @property
     def how(self) -> str:
         libraries = ", ".join(f"{name} {rate:.0f}" for name, rate in self.by_library)
         return (f"{self.dtype} matrix product {self.size} x {self.size} x {self.size} on {self.device}, "
-                f"median of {self.repeats} after a warm-up, best of: {libraries} GFLOP/s")
+                f"median of {self.repeats} after {1000 * self.warmup_seconds:.0f} ms of warm-up, "
+                f"best of: {libraries} GFLOP/s")
 
     def as_dict(self) -> dict:
         return {**asdict(self), "how": self.how}
 
 
+def _warm_up(product, device: str, seconds: float) -> int:
+    """Run `product` (each to completion) until `seconds` have passed, at least once: library
+    initialisation, caches, and clocks that an idle device has lowered. Returns the count."""
+    start = time.perf_counter()
+    count = 0
+    while count == 0 or time.perf_counter() - start < seconds:
+        product()
+        synchronize(device)
+        count += 1
+    return count
+
+
 def _median_gflops(product, n: int, repeats: int, device: str) -> float:
-    product()  # warm-up: library initialisation, caches
-    synchronize(device)
+    _warm_up(product, device, WARMUP_SECONDS)
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -66,4 +82,4 @@ def measure_ceiling(device: str, dtype: str, size: int | None = None, repeats: i
         products["oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
     with precision(dtype):
         rates = tuple((name, _median_gflops(p, n, repeats, device)) for name, p in products.items())
-    return Ceiling(device, dtype, max(rate for _, rate in rates), n, repeats, rates)
+    return Ceiling(device, dtype, max(rate for _, rate in rates), n, repeats, rates, WARMUP_SECONDS)

@@ -9,7 +9,8 @@ import torch
 
 from harness.agreement import relative_error
 from harness.impl import Impl
-from harness.sequence_task import CONFIGS, Trainer, init_network
+from harness.problem import Problem, dtype_support
+from harness.sequence_task import CHUNK, CONFIGS, Trainer, init_network, problem_for
 
 # float64 runs of correct implementations start 1e-16 apart; training amplifies that (measured:
 # up to 3e-12 after 200 Adam iterations, 2e-15 with the seed's SGD and gate clipping; a global
@@ -31,6 +32,14 @@ class TrainingRun:
     impl: str
     losses: torch.Tensor
     weights: list[torch.Tensor]
+
+
+def training_problem(device: str, config: str = "lstm_short") -> Problem | None:
+    """The problem every training step of `config` builds, in float64 on `device` (what decides
+    which implementations can train there); None where the device has no real float64."""
+    if not dtype_support(device, "float64")[0]:
+        return None  # the tolerances above are float64's
+    return problem_for(CONFIGS[config], CHUNK, torch.float64, device)
 
 
 def train(impl_cls: type[Impl], setup: str = "adam", config: str = "lstm_short", iterations: int = 200,

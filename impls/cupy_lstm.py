@@ -5,9 +5,17 @@ each per step, GEMMs go to cuBLAS, and tensors pass between torch and CuPy throu
 without copies. On the CPU (or without CuPy) the very same loop runs on NumPy with ufuncs,
 so everything but the two kernels is tested on machines without a GPU. The backend label
 says which one ran.
+
+While the implementation runs, CuPy allocates from torch's caching allocator and launches on
+torch's current device and stream (on_torch_cuda): torch's memory counters see its arrays, the
+harness's torch.cuda.synchronize() covers its kernels, and its memory goes back to torch when
+the instance (or its workspace, close()) is dropped. Other implementations see CuPy as it was.
 """
 
 from __future__ import annotations
+
+import contextlib
+import functools
 
 import numpy as np
 import torch
@@ -22,16 +30,107 @@ try:  # optional extra: pip install 'lstm-harness[cuda]'
 except Exception:  # noqa: BLE001 - any import failure just means "no CuPy here"
     cupy = None
 
+INSTALL = "pip install 'lstm-harness[cuda]', i.e. 'cupy-cuda13x[ctk]'"
 
-def cupy_usable() -> tuple[bool, str]:
-    if cupy is None:
-        return False, "CuPy is not installed (pip install 'lstm-harness[cuda]')"
+
+def cuda_mismatch(cupy_runtime: int, torch_cuda: str | None) -> str:
+    """Why CuPy built for CUDA runtime `cupy_runtime` (cupy.cuda.runtime.runtimeGetVersion(), e.g.
+    13020) cannot work beside torch built for `torch_cuda` (torch.version.cuda, e.g. "13.0"; None
+    for a CPU build); "" when it can. Two CUDA majors in one process means two runtimes and two
+    sets of libraries, and the wrong set is often not installed at all."""
+    cupy_major = cupy_runtime // 1000
+    if torch_cuda is None:
+        return (f"torch is a CPU build but CuPy is built for CUDA {cupy_major}: "
+                "install torch's CUDA build (pip install torch==2.13.0 on a machine with a GPU)")
+    torch_major = int(torch_cuda.split(".")[0])
+    if cupy_major != torch_major:
+        return (f"CuPy is built for CUDA {cupy_major} but torch for CUDA {torch_major}: "
+                f"pip uninstall cupy-cuda{cupy_major}x && pip install 'cupy-cuda{torch_major}x[ctk]'")
+    return ""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _probe(cp) -> str:
+    """Compile and run one tiny ElementwiseKernel (NVRTC) and one matrix product (cuBLAS); what went
+    wrong, or "". A visible device says nothing about CuPy's compiler and libraries being there."""
     try:
-        if not cupy.cuda.is_available():
-            return False, "CuPy is installed but sees no CUDA device"
+        square = cp.ElementwiseKernel("T x", "T y", "y = x * x + 1", "lstm_harness_probe")
+        got = cp.asnumpy(square(cp.arange(4, dtype=cp.float32)))
+    except Exception as exc:  # noqa: BLE001 - a missing NVRTC, header or driver: each one means "cannot"
+        return f"cannot compile or run a kernel ({_first_line(exc)})"
+    if got.tolist() != [1, 2, 5, 10]:
+        return f"a probe kernel computed {got.tolist()} instead of [1.0, 2.0, 5.0, 10.0]"
+    try:
+        a = cp.asarray([[1, 2], [3, 4]], dtype=cp.float32)
+        prod = cp.asnumpy(a @ a)
     except Exception as exc:  # noqa: BLE001
-        return False, f"CuPy cannot query CUDA: {exc}"
+        return f"cannot run a matrix product with cuBLAS ({_first_line(exc)})"
+    if prod.tolist() != [[7, 10], [15, 22]]:
+        return f"a probe matrix product computed {prod.tolist()} instead of [[7, 10], [15, 22]]"
+    return ""
+
+
+def check_cupy(cp, torch_cuda: str | None) -> tuple[bool, str]:
+    """(usable, why not) for CuPy module `cp` beside a torch built for CUDA `torch_cuda`."""
+    if cp is None:
+        return False, f"CuPy is not installed ({INSTALL})"
+    try:
+        if not cp.cuda.is_available():
+            return False, "CuPy is installed but sees no CUDA device (no GPU visible, or no NVIDIA driver)"
+        mismatch = cuda_mismatch(cp.cuda.runtime.runtimeGetVersion(), torch_cuda)
+    except Exception as exc:  # noqa: BLE001
+        return False, f"CuPy cannot query CUDA: {_first_line(exc)}"
+    if mismatch:
+        return False, mismatch
+    try:
+        problem = _probe(cp)
+    finally:  # the probe's few bytes must not stay in CuPy's pool, invisible to torch
+        cp.get_default_memory_pool().free_all_blocks()
+    if problem:
+        major = cp.cuda.runtime.runtimeGetVersion() // 1000
+        return False, (f"CuPy {cp.__version__} {problem}: it needs CUDA {major}'s NVRTC and cuBLAS, "
+                       f"pip install 'cupy-cuda{major}x[ctk]'")
     return True, ""
+
+
+@functools.lru_cache(maxsize=1)
+def cupy_usable() -> tuple[bool, str]:
+    """(usable, why not), checked once per process: the check compiles a kernel, and the harness
+    asks for every implementation, problem and report row."""
+    return check_cupy(cupy, torch.version.cuda)
+
+
+class _TorchAllocator:
+    """A CuPy allocator (cupy.cuda.using_allocator) that takes memory from torch's caching
+    allocator on torch's current device and stream: torch's memory counters then see CuPy's
+    arrays, torch reuses the memory once they die, and nothing waits in a CuPy pool.
+
+    Each block is a torch uint8 tensor held as the owner of CuPy's UnownedMemory: the array's
+    death frees the tensor, and torch frees it stream-ordered, as it frees its own
+    (caching_allocator_alloc/delete would need a hand-written free in a finalizer instead)."""
+
+    def __init__(self, cp, device: int) -> None:
+        self.cp, self.device = cp, device
+
+    def __call__(self, size: int):
+        block = torch.empty(size, dtype=torch.uint8, device=f"cuda:{self.device}")
+        return self.cp.cuda.MemoryPointer(self.cp.cuda.UnownedMemory(block.data_ptr(), size, block, self.device), 0)
+
+
+@contextlib.contextmanager
+def on_torch_cuda(cp):
+    """Inside: CuPy allocates through torch (_TorchAllocator) and runs on torch's current device
+    and stream, so the harness's torch.cuda.synchronize() covers its kernels and torch's peak
+    memory counts its arrays. After: CuPy's previous allocator, device and stream again, so nothing
+    leaks into other implementations."""
+    device = torch.cuda.current_device()
+    stream = cp.cuda.Stream.from_external(torch.cuda.current_stream(device))
+    with cp.cuda.using_allocator(_TorchAllocator(cp, device)), cp.cuda.Device(device), stream:
+        yield
 
 
 class UfuncGateMath:
@@ -107,12 +206,25 @@ _BACKWARD_KERNEL = r"""
     const T dct = dc + dh * og * (1 - tanh_c * tanh_c);
     T d[4] = {dct * gg * ig * (1 - ig), dct * c_prev * fg * (1 - fg),
               dh * tanh_c * og * (1 - og), dct * ig * (1 - gg * gg)};
+    const T lo = -clip;  // a T: -clip is a float when T is CuPy's float16, and T : float is ambiguous
     for (int k = 0; k < 4; ++k) {
-        if (clip > 0) d[k] = d[k] < -clip ? -clip : (d[k] > clip ? clip : d[k]);
+        if (clip > 0) d[k] = d[k] < lo ? lo : (d[k] > clip ? clip : d[k]);
         d_gates[base + k * H] = d[k];
     }
     dc = dct * fg;
 """
+
+
+# Each ElementwiseKernel as (in_params, out_params, body, name). The body's T is the storage
+# dtype; CuPy's own type for float16 is `float16`, whose arithmetic yields float: any expression
+# that mixes the two (a ?: with -clip on one side, say) must be written with T-typed values.
+# tests/test_cupy_nvrtc.py compiles exactly these, as CuPy generates them, for every dtype offered.
+KERNELS = {
+    "forward": ("raw T rec, T c_prev, int32 H", "raw T gates, T c, T tanh_c, T h", _FORWARD_KERNEL,
+                "lstm_gates_forward"),
+    "backward": ("raw T gates, T c_prev, T tanh_c, T dh, int32 H, T clip", "raw T d_gates, T dc", _BACKWARD_KERNEL,
+                 "lstm_gates_backward"),
+}
 
 
 class CupyGateMath:
@@ -123,12 +235,8 @@ class CupyGateMath:
     def __init__(self, xp, batch: int, hidden: int, dtype) -> None:
         self.H = np.int32(hidden)
         if not self._kernels:
-            self._kernels["forward"] = cupy.ElementwiseKernel(
-                "raw T rec, T c_prev, int32 H", "raw T gates, T c, T tanh_c, T h",
-                _FORWARD_KERNEL, "lstm_gates_forward")
-            self._kernels["backward"] = cupy.ElementwiseKernel(
-                "raw T gates, T c_prev, T tanh_c, T dh, int32 H, T clip", "raw T d_gates, T dc",
-                _BACKWARD_KERNEL, "lstm_gates_backward")
+            for step, (in_params, out_params, body, name) in KERNELS.items():
+                self._kernels[step] = cupy.ElementwiseKernel(in_params, out_params, body, name)
 
     def forward(self, gates, rec, c_prev, c, tanh_c, h) -> None:
         self._kernels["forward"](rec, c_prev, self.H, gates, c, tanh_c, h)
@@ -169,18 +277,20 @@ class CupyLSTM(Impl):
     def __init__(self, problem: Problem, weights: list[LayerWeights]) -> None:
         super().__init__(problem, weights)
         self.xp = cupy if _on_cupy(problem) else np
-        self.math_cls = CupyGateMath if self.xp is not np else UfuncGateMath
+        self.math_cls = UfuncGateMath if self.xp is np else CupyGateMath
         perm = gate_rows(problem.hidden, "ifog").to(problem.device)
-        self.inverse_perm = np.argsort(perm.cpu().numpy())
         self.layers = []
-        for w in weights:
-            w_x, w_h = w.w_ih[perm], w.w_hh[perm]
-            self.layers.append({
-                "w_x_t": self._array(w_x.t()),  # [I, 4H]
-                "w_h_t": self._array(w_h.t()),  # [H, 4H]
-                "w_h": self._array(w_h),  # [4H, H]
-                "bias": self._array((w.b_ih + w.b_hh)[perm]),
-            })
+        with self._scope():
+            # On the device: a host index array would be copied to the GPU on every use in backward.
+            self.inverse_perm = self._array(torch.argsort(perm))
+            for w in weights:
+                w_x, w_h = w.w_ih[perm], w.w_hh[perm]
+                self.layers.append({
+                    "w_x_t": self._array(w_x.t()),  # [I, 4H]
+                    "w_h_t": self._array(w_h.t()),  # [H, 4H]
+                    "w_h": self._array(w_h),  # [4H, H]
+                    "bias": self._array((w.b_ih + w.b_hh)[perm]),
+                })
         self.shape = None
 
     # DLPack both ways: the arrays share memory with the torch tensors.
@@ -205,11 +315,32 @@ class CupyLSTM(Impl):
         self.math = self.math_cls(xp, B, H, dtype)
         self.shape = (T, B)
 
+    def _scope(self):
+        """Where CuPy's work runs: on torch's allocator, device and stream (on_torch_cuda)."""
+        return contextlib.nullcontext() if self.xp is np else on_torch_cuda(self.xp)
+
+    def close(self) -> None:
+        """Let the workspace go now rather than with the instance (its memory returns to torch's
+        allocator, where torch.cuda.empty_cache() can free it); the next forward makes a new one."""
+        for layer in self.layers:
+            for key in ("gates", "h", "c", "tanh_c", "d_gates"):
+                layer.pop(key, None)
+        self.rec = self.math = self.x = None
+        self.shape = None
+
     def saved_bytes(self) -> int:
         """Activations kept for backward: gates, hidden and cell states, tanh(c), per layer."""
         return sum(int(layer[k].nbytes) for layer in self.layers for k in ("gates", "h", "c", "tanh_c"))
 
     def forward(self, x, h0, c0) -> Outputs:
+        with self._scope():
+            return self._forward(x, h0, c0)
+
+    def backward(self, dy, dh_n, dc_n, gate_clip=None) -> Grads:
+        with self._scope():
+            return self._backward(dy, dh_n, dc_n, gate_clip)
+
+    def _forward(self, x, h0, c0) -> Outputs:
         xp = self.xp
         x, h0, c0 = self._array(x), self._array(h0), self._array(c0)
         T, B = x.shape[:2]
@@ -230,7 +361,7 @@ class CupyLSTM(Impl):
         c_n = xp.stack([layer["c"][T] for layer in self.layers])
         return Outputs(self._tensor(layer_input), self._tensor(h_n), self._tensor(c_n))
 
-    def backward(self, dy, dh_n, dc_n, gate_clip=None) -> Grads:
+    def _backward(self, dy, dh_n, dc_n, gate_clip=None) -> Grads:
         xp, H = self.xp, self.problem.hidden
         clip = 0.0 if gate_clip is None else float(gate_clip)
         T, B = self.shape

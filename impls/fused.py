@@ -40,8 +40,13 @@ class Gemm:
     `packed` (the result is then a new tensor), else torch.addmm / torch.mm into `out`."""
 
     def __init__(self, w: torch.Tensor, batch: int, packed: bool, bias: torch.Tensor | None = None) -> None:
-        self.w, self.bias = w, bias
+        self.w, self.bias, self.batch = w, bias, batch
         self.packed = torch.ops.mkldnn._reorder_linear_weight(w, batch) if packed else None
+
+    def refresh(self) -> None:
+        """Re-pack `w` after it changed in place, into the same packed tensor (addmm reads `w` itself)."""
+        if self.packed is not None:
+            self.packed.copy_(torch.ops.mkldnn._reorder_linear_weight(self.w, self.batch))
 
     def __call__(self, x: torch.Tensor, addend: torch.Tensor | None = None,
                  out: torch.Tensor | None = None) -> torch.Tensor:
@@ -56,15 +61,31 @@ class Gemm:
 
 
 class _Layer:
-    """One layer's weights (forward: fused gate order; backward: canonical), its per-step GEMMs
-    and activation buffers."""
+    """One layer's weights (forward: fused gate order; backward: canonical, transposed), its
+    per-step GEMMs and activation buffers. Every weight tensor is the layer's own, so set_weights
+    can write into it."""
 
     def __init__(self, w_x, w_h, bias, canonical: LayerWeights):
         self.w_x, self.w_h, self.bias = w_x, w_h, bias  # [4H, I], [4H, H], [4H], gates o, i, f, g
         # Backward writes dA in canonical order, so dW, db and dx come out canonical with no
-        # permutation copies: it needs the canonical weights.
-        self.w_x_canonical, self.w_h_canonical = canonical.w_ih.contiguous(), canonical.w_hh.contiguous()
+        # permutation copies: it needs the canonical weights, as dA @ W. A clone, not
+        # .contiguous(), which can return the caller's own tensor (W_ih of width 1, say).
+        self.w_x_t, self.w_h_t = (w.t().clone(memory_format=torch.contiguous_format)
+                                  for w in (canonical.w_ih, canonical.w_hh))  # [I, 4H], [H, 4H]
+        self.forward_gemm = self.backward_gemm = self.input_gemm = self.dx_gemm = None
         self.shape = None
+
+    def load(self, w_x, w_h, bias, canonical: LayerWeights) -> None:
+        """New weights, in place: captured graphs and prepacked GEMMs keep reading the same tensors."""
+        pairs = ((self.w_x, w_x), (self.w_h, w_h), (self.bias, bias),
+                 (self.w_x_t, canonical.w_ih.t()), (self.w_h_t, canonical.w_hh.t()))
+        for mine, new in pairs:
+            if mine.shape != new.shape:  # copy_ would broadcast a wrong shape silently
+                raise ValueError(f"set_weights: a weight of shape {tuple(new.shape)}, expected {tuple(mine.shape)}")
+            mine.copy_(new)
+        for gemm in (self.forward_gemm, self.backward_gemm, self.input_gemm, self.dx_gemm):
+            if gemm is not None:
+                gemm.refresh()
 
     def buffers(self, T: int, B: int, H: int, like: torch.Tensor, packed: bool) -> None:
         if self.shape == (T, B):
@@ -79,9 +100,9 @@ class _Layer:
         # Prepacking is tuned to the row count of the product.
         if self.shape is None or self.shape[1] != B:
             self.forward_gemm = Gemm(self.w_h, B, packed)  # h_{t-1} @ W_h^T
-            self.backward_gemm = Gemm(self.w_h_canonical.t().contiguous(), B, packed)  # dA_t @ W_h
+            self.backward_gemm = Gemm(self.w_h_t, B, packed)  # dA_t @ W_h
         self.input_gemm = Gemm(self.w_x, T * B, packed, bias=self.bias)  # X @ W_x^T + b, all steps
-        self.dx_gemm = Gemm(self.w_x_canonical.t().contiguous(), T * B, packed)  # dA @ W_x, all steps
+        self.dx_gemm = Gemm(self.w_x_t, T * B, packed)  # dA @ W_x, all steps
         self.shape = (T, B)
 
 
@@ -102,11 +123,22 @@ class FusedLSTM(Impl):
     def __init__(self, problem: Problem, weights: list[LayerWeights]) -> None:
         super().__init__(problem, weights)
         self.packed = self.use_packed_gemm and packed_gemm_available(problem)
-        perm = self._gate_permutation(problem.hidden).to(problem.device)
-        self.layers = [
-            _Layer(w.w_ih[perm].contiguous(), w.w_hh[perm].contiguous(), self._combined_bias(w)[perm].contiguous(), w)
-            for w in weights
-        ]
+        self.layers = [_Layer(*fused, w) for fused, w in zip(self._fused_order(weights), weights, strict=True)]
+
+    def _fused_order(self, weights: list[LayerWeights]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per layer W_x, W_h and the combined bias in gate order o, i, f, g: new tensors."""
+        perm = self._gate_permutation(self.problem.hidden).to(self.problem.device)
+        return [(w.w_ih[perm].contiguous(), w.w_hh[perm].contiguous(), self._combined_bias(w)[perm].contiguous())
+                for w in weights]
+
+    @torch.no_grad()
+    def set_weights(self, weights: list[LayerWeights]) -> None:
+        """Write the new weights into every tensor forward and backward read, in place: graphs
+        captured from them (fused_graphs) see the new values, and buffers are kept."""
+        if len(weights) != len(self.layers):
+            raise ValueError(f"set_weights: {len(weights)} layer(s) of weights, expected {len(self.layers)}")
+        for layer, fused, w in zip(self.layers, self._fused_order(weights), weights, strict=True):
+            layer.load(*fused, w)
 
     # Small seams: each is one step of the algorithm, named so tests can plant a bug in it.
     @staticmethod

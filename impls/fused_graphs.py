@@ -3,7 +3,9 @@ graphs and replayed. Small batches on a fast GPU are bound by per-step kernel la
 microseconds each, ~10 per step); a replayed graph launches them all at once.
 
 Inputs are copied into the captured (static) tensors before each replay; outputs are the
-captured tensors themselves, valid until the next call, as the contract allows.
+captured tensors themselves, valid until the next call, as the contract allows. New weights
+(set_weights, inherited from `fused`) are written into the very tensors the graphs read,
+the backward's transposed copies included, so no graph is re-captured.
 """
 
 from __future__ import annotations
@@ -93,13 +95,6 @@ class GraphedFusedLSTM(FusedLSTM):
     def __init__(self, problem: Problem, weights: list[LayerWeights]) -> None:
         super().__init__(problem, weights)
         self._graphs: dict[tuple, _Captured] = {}
-
-    def set_weights(self, weights: list[LayerWeights]) -> None:
-        """Copy into the captured weights: re-converting would leave the graphs reading old memory."""
-        fresh = FusedLSTM(self.problem, weights)
-        for mine, new in zip(self.layers, fresh.layers, strict=True):
-            for name in ("w_x", "w_h", "bias", "w_x_canonical", "w_h_canonical"):
-                getattr(mine, name).copy_(getattr(new, name))
 
     def _replay(self, key: tuple, fn, inputs: tuple[torch.Tensor, ...]):
         if key not in self._graphs:

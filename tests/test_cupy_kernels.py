@@ -2,7 +2,9 @@
 
 No GPU here, so the kernel bodies are compiled as C++ (same text, a loop over i standing in
 for the CUDA grid, references for the output arguments as CuPy declares them) and their
-results compared with the NumPy ufunc path that agreement already covers.
+results compared with the NumPy ufunc path that agreement already covers. T is double here, so
+what only CUDA's types reject (CuPy's float16) is test_cupy_nvrtc.py's part: it compiles the
+real generated source with NVRTC for every dtype offered.
 """
 
 import ctypes

@@ -89,7 +89,8 @@ def test_cupy_declines_modes_it_cannot_run():
 
 def test_fused_graphs_declines_the_cpu_and_its_capture_plumbing_agrees(small):
     """The CUDA graph variant runs only on CUDA; everything around the capture (static inputs,
-    replayed outputs, re-capture on a new shape, weight updates) is checked with a stand-in."""
+    replayed outputs, re-capture on a new shape) is checked with a stand-in; weight updates in
+    test_set_weights.py."""
     from impls.fused_graphs import EagerCapture, GraphedFusedLSTM
 
     support = GraphedFusedLSTM.supports(small)
