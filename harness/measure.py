@@ -16,12 +16,17 @@ import pytest
 import torch
 
 from harness.agreement import AgreementError
+from harness.memory import PEAK_INCLUDES, retained
 from harness.problem import PHASES, TIMED_SETS, Problem
 from harness.process_state import ProcessState
 from harness.reference import reference_for
 from harness.registry import Registration
 from harness.session import BenchSession
 from harness.timing import TimedCalls, choose_rounds, precision, probe, synchronize
+
+# Out of memory, whichever library ran out: torch's error is a RuntimeError; CuPy's
+# (cupy.cuda.memory.OutOfMemoryError) and Python's own for the host are MemoryErrors.
+OUT_OF_MEMORY = (torch.OutOfMemoryError, MemoryError)
 
 
 def skip_unless_supported(reg: Registration, problem: Problem) -> None:
@@ -53,6 +58,12 @@ def discard_point(benchmark, config, session: BenchSession, reg: Registration, p
         })
 
 
+def out_of_memory(reg: Registration, problem: Problem, exc: BaseException) -> str:
+    """The failure of a point whose implementation ran out of memory."""
+    traceback.clear_frames(exc.__traceback__)  # the frames hold the point's tensors
+    return f"{reg.name} ran out of memory on {problem.id}: {str(exc) or type(exc).__name__}"
+
+
 def check_agreement_only(session: BenchSession, reg: Registration, problem: Problem):
     """The agreement suite: every check that precedes timing, nothing timed."""
     skip_unless_supported(reg, problem)
@@ -61,6 +72,10 @@ def check_agreement_only(session: BenchSession, reg: Registration, problem: Prob
             return session.validated(reg, problem).agreement
     except AgreementError as exc:
         failure = str(exc)
+    except OUT_OF_MEMORY as exc:
+        failure = out_of_memory(reg, problem, exc)
+    if "ran out of memory" in failure:
+        session.release()  # here, not in the except block: its traceback would keep the memory alive
     pytest.fail(failure, pytrace=False)
 
 
@@ -71,9 +86,8 @@ def measure_phase(benchmark, config, session: BenchSession, reg: Registration, p
         _measure(benchmark, config, session, reg, problem, phase)
     except AgreementError as exc:
         failure = f"not timed: {exc}"
-    except torch.OutOfMemoryError as exc:
-        failure = f"{reg.name} ran out of memory on {problem.id}: {exc}"
-        traceback.clear_frames(exc.__traceback__)  # the frames hold the point's tensors
+    except OUT_OF_MEMORY as exc:
+        failure = out_of_memory(reg, problem, exc)
     except Exception as exc:
         traceback.clear_frames(exc.__traceback__)
         crashed = exc
@@ -103,8 +117,10 @@ def _timed_and_checked(benchmark, config, session: BenchSession, reg: Registrati
     ceiling = session.ceiling(problem)  # measured before any implementation is timed
     prepared = session.validated(reg, problem)
     timed_sets = {k: v for k, v in prepared.inputs.items() if k in TIMED_SETS}
-    calls = TimedCalls(prepared.impl, timed_sets, phase, problem.device)
-    seconds, peak = probe(calls)
+    # The timing buffers are the harness's: held above the implementation's baseline, not in its peak.
+    calls, buffers = retained(problem.device, lambda: TimedCalls(prepared.impl, timed_sets, phase, problem.device))
+    baseline = None if prepared.memory_baseline is None else prepared.memory_baseline + buffers
+    seconds, peak = probe(calls, baseline)
     rounds = settings.rounds or choose_rounds(seconds, settings.max_time, settings.min_rounds)
     calls.plan(1 if benchmark.disabled else settings.warmup + rounds)
     benchmark.group = f"{problem.id} {phase}"
@@ -117,13 +133,16 @@ def _timed_and_checked(benchmark, config, session: BenchSession, reg: Registrati
         saturation_check=prepared.saturation.check, saturation_seconds=prepared.saturation.seconds,
         seed=settings.seed, warmup_rounds=settings.warmup,
         ceiling_gflops=ceiling.gflops, saved_bytes=session.saved.get((reg.name, problem)),
-        peak_bytes=peak, threads=before.as_dict()["torch.get_num_threads()"],
+        peak_bytes=peak, peak_includes=PEAK_INCLUDES if peak is not None else None,
+        threads=before.as_dict()["torch.get_num_threads()"],
         process_state=before.as_dict(), **flags,
     )
     # The reference the check needs, made before timing: nothing runs long between the last
     # timed call and its check.
     started = time.perf_counter()
-    reference_for(problem, settings.seed, TIMED_SETS[0])  # once per point: cached for the others
+    # Once per point: cached for the other phases, whose peaks must not count it.
+    _, held = retained(problem.device, lambda: reference_for(problem, settings.seed, TIMED_SETS[0]))
+    prepared.harness_holds(held)
     check_seconds = time.perf_counter() - started
     synchronize(problem.device)  # nothing queued (backend detection, the reference) drains into round 1
     try:

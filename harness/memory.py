@@ -3,7 +3,8 @@
 Autograd implementations: every tensor autograd saves during forward, seen through
 saved-tensor hooks, counted once per storage. Hand-written ones report their own buffers
 (`Impl.saved_bytes`). Inputs and weights are never counted: they exist either way.
-On CUDA also the peak allocated (torch's allocator) during a phase.
+On CUDA also the peak allocated (torch's allocator) during a phase, above a baseline taken before the
+implementation was built (PEAK_INCLUDES).
 """
 
 from __future__ import annotations
@@ -41,13 +42,46 @@ def saved_bytes(impl: Impl, inputs: Inputs) -> int | None:
     return sum(n for ptr, n in seen.items() if ptr not in exclude)
 
 
-def peak_bytes(run, device: str) -> int | None:
-    """Peak bytes torch's CUDA allocator held above what was held before, while `run()` ran."""
-    if device != "cuda":
+# What `peak_bytes` of a timed phase is, recorded with every row that has one (the report prints it).
+PEAK_INCLUDES = ("peak allocated by torch's CUDA allocator during the phase, above what was allocated before the "
+                 "implementation was built: its weights, workspaces and captured graphs count, the harness's inputs "
+                 "do not")
+
+
+def tracks_allocations(device: str) -> bool:
+    """Whether `device` has an allocator whose counts we read: torch's CUDA caching allocator."""
+    return device == "cuda"
+
+
+def allocated_bytes(device: str) -> int | None:
+    """Bytes torch's allocator holds for tensors on `device` once queued work is done; None on the CPU."""
+    if not tracks_allocations(device):
         return None
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
+    torch.cuda.synchronize()  # frees queued behind running kernels land first
+    return torch.cuda.memory_allocated()
+
+
+def retained(device: str, make):
+    """make()'s result, and the device bytes it left allocated (None on the CPU). For what the harness
+    allocates after an implementation's baseline and keeps: added to the baseline, it is not the
+    implementation's."""
+    before = allocated_bytes(device)
+    result = make()
+    return result, None if before is None else allocated_bytes(device) - before
+
+
+def peak_bytes(run, device: str, baseline: int | None = None) -> int | None:
+    """Peak bytes torch's CUDA allocator held above `baseline` while `run()` ran (None on the CPU).
+
+    `baseline`: what was allocated before the implementation was built, plus what the harness
+    allocated since and still holds. What the implementation allocated at construction or capture
+    then counts, though a replay of captured work allocates nothing. Without a baseline the peak
+    is above what was allocated right before the call (the call's transient memory only).
+    """
+    if not tracks_allocations(device):
+        return None
+    before = allocated_bytes(device)
     torch.cuda.reset_peak_memory_stats()
     run()
     torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - before
+    return torch.cuda.max_memory_allocated() - (before if baseline is None else baseline)

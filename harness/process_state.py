@@ -60,14 +60,59 @@ def _settings() -> dict[str, tuple[Callable[[], object], Callable[[object], None
     }
     if hasattr(torch, "get_default_device"):
         settings["torch.get_default_device()"] = (lambda: str(torch.get_default_device()), torch.set_default_device)
+    settings.update(_newer_matmul_flags(cuda_matmul))
+    # Last: restoring an old flag above also writes these, so they are put back after it.
+    settings.update(_fp32_precisions())
     return settings
+
+
+def _newer_matmul_flags(cuda_matmul) -> dict[str, tuple[Callable[[], object], Callable[[object], None]]]:
+    """fp16 accumulation, and the split-K half of the reduced-precision flags (restoring the flag itself
+    with a bool resets it to True), where this torch has them."""
+    found = {}
+    if hasattr(cuda_matmul, "allow_fp16_accumulation"):
+        found["torch.backends.cuda.matmul.allow_fp16_accumulation"] = (
+            lambda: cuda_matmul.allow_fp16_accumulation, _setter(cuda_matmul, "allow_fp16_accumulation"))
+    for flag in ("allow_fp16_reduced_precision_reduction", "allow_bf16_reduced_precision_reduction"):
+        if hasattr(cuda_matmul, f"{flag}_split_k"):
+            found[f"torch.backends.cuda.matmul.{flag}_split_k"] = (
+                lambda flag=flag: getattr(cuda_matmul, f"{flag}_split_k"),
+                lambda split_k, flag=flag: setattr(cuda_matmul, flag, (getattr(cuda_matmul, flag), split_k)))
+    return found
+
+
+def _fp32_precisions() -> dict[str, tuple[Callable[[], object], Callable[[object], None]]]:
+    """torch's per-backend and per-operation fp32 precision settings (torch 2.9+), where they exist:
+    global, then per backend, then per operation."""
+    backends = torch.backends
+    nodes = {"torch.backends": lambda: backends, "torch.backends.cuda.matmul": lambda: backends.cuda.matmul,
+             "torch.backends.cudnn": lambda: backends.cudnn, "torch.backends.cudnn.rnn": lambda: backends.cudnn.rnn,
+             "torch.backends.cudnn.conv": lambda: backends.cudnn.conv, "torch.backends.mkldnn": lambda: backends.mkldnn,
+             **{f"torch.backends.mkldnn.{op}": (lambda op=op: getattr(backends.mkldnn, op))
+                for op in ("matmul", "rnn", "conv")}}
+    found = {}
+    for name, node in nodes.items():
+        try:
+            node().fp32_precision  # noqa: B018 - AttributeError where torch predates the API
+        except (AttributeError, RuntimeError):
+            continue
+        found[f"{name}.fp32_precision"] = (lambda node=node: node().fp32_precision, _setter_of(node, "fp32_precision"))
+    return found
+
+
+def _setter_of(get_object: Callable[[], object], attr: str) -> Callable[[object], None]:
+    return lambda value: setattr(get_object(), attr, value)
+
+
+UNREADABLE = "unreadable ("
 
 
 def _read(read: Callable[[], object]) -> object:
     try:
         return read()
     except Exception as exc:  # noqa: BLE001 - a getter that raises is itself a state worth recording
-        return f"unreadable ({type(exc).__name__}: {exc})"
+        # e.g. torch's old TF32 getters once the per-operation settings disagree with them
+        return f"{UNREADABLE}{type(exc).__name__}: {exc})"
 
 
 @dataclass(frozen=True)
@@ -89,21 +134,21 @@ class ProcessState:
         return [f"{name} {old.get(name)!r} -> {value!r}" for name, value in self.values if old.get(name) != value]
 
     def restore(self) -> list[str]:
-        """Put every changed setting back; returns those that cannot be restored."""
-        stuck = []
+        """Put every changed setting back, in order; returns those that still differ after."""
         settings = _settings()
         for name, value in self.values:
             read, restore = settings[name]
-            if _read(read) == value:
-                continue
-            if restore is None:
-                stuck.append(name)
-                continue
+            if restore is None or (isinstance(value, str) and value.startswith(UNREADABLE)) or _read(read) == value:
+                continue  # no way back, no value to go back to, or nothing to do
             try:
                 restore(value)
-            except Exception:  # noqa: BLE001
-                stuck.append(name)
-        return stuck
+            except Exception:  # noqa: BLE001 - judged below, with the rest
+                pass
+        # Judged at the end: some settings are linked (an old TF32 setter also writes the per-operation
+        # ones), so one restored early can be changed again by a later one, and an unreadable one can
+        # come back with the others.
+        now = dict(ProcessState.capture().values)
+        return [name for name, value in self.values if now.get(name) != value]
 
 
 class StateChanged(AssertionError):

@@ -150,6 +150,21 @@ def _checked_lines(t: pd.DataFrame) -> str:
             "saturating inputs, outside every timed region")
 
 
+# What peak_bytes meant before results files said (peak_includes): the call's own transient memory.
+OLD_PEAK_INCLUDES = ("peak allocated by torch's CUDA allocator during the phase, above what was allocated right "
+                     "before the call (written before the results recorded what the number includes)")
+
+
+def _peak_lines(t: pd.DataFrame) -> list[str]:
+    """What the Peak columns count, when any table has them (CUDA rows with a peak)."""
+    rows = t[(t.device == "cuda") & t.peak_bytes.notna()] if "peak_bytes" in t else t.iloc[:0]
+    if rows.empty:
+        return []
+    meanings = rows.peak_includes.fillna(OLD_PEAK_INCLUDES) if "peak_includes" in rows else \
+        pd.Series([OLD_PEAK_INCLUDES])
+    return [f"- **Peak memory** (Peak forward, Peak backward): {'; or '.join(dict.fromkeys(meanings))}"]
+
+
 def _timing_lines(t: pd.DataFrame) -> list[str]:
     if t.empty:
         return ["- **Timing**: nothing was timed: every implementation failed or was skipped on every problem "
@@ -168,6 +183,7 @@ def _timing_lines(t: pd.DataFrame) -> list[str]:
         f"- **Agreement**: every time below comes from an implementation that first matched the float64 "
         f"reference on that problem (norm-wise relative error of outputs and all gradients; tolerance "
         f"{tol}; worst seen {t['agreement_max_error'].max():.1e})" + _checked_lines(t),
+        *_peak_lines(t),
         "",
         "## Implementations",
         "",

@@ -149,6 +149,8 @@ def _row(path: Path, bench: dict, device_name: str) -> dict:
            **{k: _field(info, k, "number", "extra_info.", optional=True)
               for k in ("ceiling_gflops", "saved_bytes", "peak_bytes", "saturation_max_error", "verified_max_error",
                         "check_seconds", "saturation_seconds")},
+           # What peak_bytes includes (its definition changed; older files lack it).
+           "peak_includes": _field(info, "peak_includes", "string", "extra_info.", optional=True),
            # Raw per-round timings (seconds), kept for --compare's statistical test.
            "data": _field(bench["stats"], "data", "numbers", "stats.", optional=True)}
     row["gflops_per_s"] = row["flops"] / (row["median_ms"] * 1e-3) / 1e9  # median_ms > 0: checked

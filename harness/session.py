@@ -8,6 +8,7 @@ large grid does not hold every implementation's buffers at once.
 from __future__ import annotations
 
 import gc
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -35,7 +36,7 @@ from harness.grid import (
 )
 from harness.impl import Impl
 from harness.isolation import private_copies, written_inputs
-from harness.memory import saved_bytes
+from harness.memory import allocated_bytes, retained, saved_bytes
 from harness.problem import (
     AGREEMENT_SET,
     DTYPES,
@@ -128,6 +129,15 @@ class Prepared:
     inputs: dict[int | str, Inputs]  # its private copies of the point's input sets
     agreement: Agreement  # input set 0
     saturation: Agreement  # the saturating set
+    # Device bytes allocated before the implementation was built, plus what the harness allocated
+    # since and still holds (references, timing buffers): its peak memory is measured above this,
+    # so what it allocated at construction or capture counts. None on the CPU.
+    memory_baseline: int | None = None
+
+    def harness_holds(self, nbytes: int | None) -> None:
+        """The harness allocated `nbytes` more since the baseline and keeps them: not the implementation's."""
+        if self.memory_baseline is not None and nbytes is not None:
+            self.memory_baseline += nbytes
 
 
 class BenchSession:
@@ -199,11 +209,16 @@ class BenchSession:
     def _check_before_timing(self, reg: Registration, problem: Problem) -> tuple[Prepared | None, Agreement]:
         seed = self.settings.seed
         pristine = self.input_sets(problem)
-        own = private_copies(pristine)
+        # The harness's own device memory before the baseline: set 0's reference (cached for the
+        # point) and the private copies the timed calls use. The saturating set is copied after it
+        # and dropped before timing, so it is in no peak.
+        reference = reference_for(problem, seed, AGREEMENT_SET)
+        own = private_copies({k: v for k, v in pristine.items() if k != SATURATING})
         before = ProcessState.capture()
+        baseline = allocated_bytes(problem.device)  # before the instance: what it allocates is its own
         try:
             impl = reg.cls(problem, own[AGREEMENT_SET].weights)
-            verdict = run_and_compare(impl, own[AGREEMENT_SET], reference_for(problem, seed, AGREEMENT_SET),
+            verdict = run_and_compare(impl, own[AGREEMENT_SET], reference,
                                       new_agreement(reg.name, problem, "input set 0"))
             short = saturating_problem(problem)
             saturation = new_agreement(reg.name, short, f"saturating input set, length {short.length}, "
@@ -211,9 +226,11 @@ class BenchSession:
                                        SATURATION_TOLERANCES)
             if verdict.passed:
                 # A second instance: the saturating set has weights of its own (large biases).
+                own.update(private_copies({SATURATING: pristine[SATURATING]}))
                 started = time.perf_counter()
-                run_and_compare(reg.cls(short, own[SATURATING].weights), own[SATURATING],
-                                reference_for(short, seed, SATURATING), saturation)
+                saturated, held = retained(problem.device, lambda: reference_for(short, seed, SATURATING))
+                baseline = None if baseline is None else baseline + held  # cached: the harness keeps it
+                run_and_compare(reg.cls(short, own[SATURATING].weights), own[SATURATING], saturated, saturation)
                 saturation.seconds = time.perf_counter() - started
                 if not saturation.passed:
                     verdict = saturation
@@ -224,8 +241,8 @@ class BenchSession:
         verdict.faults += written_inputs(pristine, own) + faults
         if not verdict.passed:
             return None, verdict
-        del own[SATURATING]  # checked: the timed calls never see it
-        return Prepared(impl, own, verdict, saturation), verdict
+        own.pop(SATURATING, None)  # checked: the timed calls never see it
+        return Prepared(impl, own, verdict, saturation, baseline), verdict
 
     def check_after_timing(self, reg: Registration, problem: Problem, prepared: Prepared, calls: TimedCalls,
                            before: ProcessState) -> Agreement:
@@ -259,8 +276,24 @@ class BenchSession:
         return ceiling
 
     def release(self) -> None:
-        """Drop the prepared implementation (after a crash or out-of-memory too)."""
+        """Drop the prepared implementation (after a crash or out-of-memory too), and give the
+        memory its allocators keep cached back to the device."""
         self._prepared = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        free_cupy_pools()
+
+
+def free_cupy_pools() -> None:
+    """Empty CuPy's default device and pinned-host pools, where CuPy is in use: an implementation that
+    allocated through them leaves their blocks cached after it is gone. Only if someone imported CuPy:
+    importing it here would start CUDA for nothing."""
+    cupy = sys.modules.get("cupy")
+    if cupy is None:
+        return
+    for pool in ("get_default_memory_pool", "get_default_pinned_memory_pool"):
+        try:
+            getattr(cupy, pool)().free_all_blocks()
+        except Exception:  # noqa: BLE001 - a CuPy without a device (or a partial one) has nothing to free
+            pass

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections.abc import Iterator
 
 import torch
 
+from harness import memory
 from harness.impl import Impl
-from harness.memory import peak_bytes
 from harness.problem import PHASES, Inputs
 
 
@@ -20,22 +21,142 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+# torch's per-operation fp32 precision settings (torch 2.9+), by the key each gets in a results row.
+# An operation's own setting wins over its backend's and the global one unless it is "none", so
+# pinning the operations makes a mode independent of what anyone set further up.
+FP32_OPERATIONS = {
+    "matmul_fp32_precision": lambda: torch.backends.cuda.matmul,  # cuBLAS
+    "cudnn_rnn_fp32_precision": lambda: torch.backends.cudnn.rnn,
+    "cudnn_conv_fp32_precision": lambda: torch.backends.cudnn.conv,
+    "mkldnn_matmul_fp32_precision": lambda: torch.backends.mkldnn.matmul,  # oneDNN, the CPU's
+    "mkldnn_rnn_fp32_precision": lambda: torch.backends.mkldnn.rnn,
+    "mkldnn_conv_fp32_precision": lambda: torch.backends.mkldnn.conv,
+}
+# cuBLAS flags that let float16 and bfloat16 GEMMs accumulate or reduce in reduced precision; off in
+# every mode, so "float16" and "bfloat16" mean float32 accumulation in every implementation alike.
+REDUCED_PRECISION = ("allow_fp16_reduced_precision_reduction", "allow_bf16_reduced_precision_reduction",
+                     "allow_fp16_accumulation")
+
+
+def fp32_operations() -> dict[str, object]:
+    """The per-operation settings this torch has: record key -> the object with `fp32_precision`."""
+    found = {}
+    for key, node in FP32_OPERATIONS.items():
+        try:
+            node().fp32_precision  # noqa: B018 - AttributeError where torch predates the API
+        except (AttributeError, RuntimeError):
+            continue
+        found[key] = node()
+    return found
+
+
+def _read_old(read, nodes: list, tries: tuple[str, ...]):
+    """An old-API flag, or None when it cannot be read. Its getter raises when the per-operation
+    settings (set through the new API, here or by anyone) disagree with it; then it is read with
+    those set to each of `tries` in turn, and they are put back."""
+    try:
+        return read()
+    except RuntimeError:
+        if not nodes:
+            return None
+    saved = [node.fp32_precision for node in nodes]
+    try:
+        for value in tries:
+            for node in nodes:
+                node.fp32_precision = value
+            try:
+                return read()
+            except RuntimeError:
+                continue
+        return None
+    finally:
+        for node, value in zip(nodes, saved, strict=True):
+            node.fp32_precision = value
+
+
+def _reduction_settings() -> dict[str, object]:
+    """The reduced-precision flags this torch has, each as the value that restores it exactly (with
+    its split-K companion where there is one: assigning a plain bool resets that to True)."""
+    matmul, found = torch.backends.cuda.matmul, {}
+    for name in REDUCED_PRECISION:
+        if not hasattr(matmul, name):
+            continue
+        split_k = f"{name}_split_k"
+        found[name] = (getattr(matmul, name), getattr(matmul, split_k)) if hasattr(matmul, split_k) \
+            else getattr(matmul, name)
+    return found
+
+
+def _set_all(obj: object, values: dict[str, object]) -> None:
+    for name, value in values.items():
+        setattr(obj, name, value)
+
+
+def _set_fp32(nodes: dict[str, object], values: dict[str, str]) -> None:
+    for key, value in values.items():
+        nodes[key].fp32_precision = value
+
+
 @contextlib.contextmanager
 def precision(dtype: str) -> Iterator[dict]:
-    """Pin TF32 for agreement and timing: on only in the tf32 mode, off everywhere else, so
-    cuDNN and cuBLAS paths compute alike.
+    """Pin the arithmetic of every library for agreement and timing, and yield what held.
 
-    torch defaults cudnn.allow_tf32 to True and matmul.allow_tf32 to False: left alone,
-    nn.LSTM would run in TF32 against strict-fp32 hand-written kernels.
+    TF32 is on only in the tf32 mode, off everywhere else, so cuDNN and cuBLAS paths compute
+    alike (torch defaults cuDNN's TF32 to on and cuBLAS's to off: left alone, nn.LSTM would run in
+    TF32 against strict-fp32 hand-written kernels). Pinned through the per-operation settings where
+    torch has them (the kernels read those), and through the old flags too, so that code reading the
+    old getters inside (torch.backends.cudnn.flags(), torch.compile) sees a consistent state instead
+    of an error. oneDNN's fp32 operations are pinned to "ieee" in every mode, and cuBLAS's
+    reduced-precision reductions and fp16 accumulation off. CuPy's TF32 switch is an environment
+    variable read at its import: recorded, not set. Everything is restored on exit, after an
+    exception too.
     """
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     tf32 = dtype == "tf32"
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
+    nodes, matmul, cudnn = fp32_operations(), torch.backends.cuda.matmul, torch.backends.cudnn
+    pinned = {key: ("tf32" if tf32 and not key.startswith("mkldnn") else "ieee") for key in nodes}
+    # "ieee" for both matmul settings agrees with every old matmul precision; cuDNN's old flag is a
+    # bool that one of "ieee" and "tf32" for its two operations agrees with.
+    old_matmul = _read_old(torch.get_float32_matmul_precision,
+                           [n for k, n in nodes.items() if k.endswith("matmul_fp32_precision")], ("ieee",))
+    old_cudnn = _read_old(lambda: cudnn.allow_tf32, [n for k, n in nodes.items() if k.startswith("cudnn_")],
+                          ("ieee", "tf32"))
+    saved_nodes = {key: node.fp32_precision for key, node in nodes.items()}
+    saved_reductions = _reduction_settings()
+    with contextlib.ExitStack() as restore:
+        # Run last in first out: the old setters also write the per-operation settings, so they go back
+        # first and the per-operation ones after them.
+        restore.callback(_set_all, matmul, saved_reductions)
+        restore.callback(_set_fp32, nodes, saved_nodes)
+        if old_cudnn is not None:
+            restore.callback(setattr, cudnn, "allow_tf32", old_cudnn)
+            cudnn.allow_tf32 = tf32
+        if old_matmul is not None:
+            restore.callback(torch.set_float32_matmul_precision, old_matmul)
+            matmul.allow_tf32 = tf32
+        for key, value in pinned.items():
+            nodes[key].fp32_precision = value
+        for name in saved_reductions:
+            setattr(matmul, name, False)
+        yield _record(nodes)
+
+
+def _record(nodes: dict[str, object]) -> dict[str, object]:
+    """What holds, read back: the old flags, the per-operation settings, the reduced-precision flags,
+    and CuPy's TF32 switch (CuPy reads CUPY_TF32 once, at import)."""
+    matmul = torch.backends.cuda.matmul
+    record = {"matmul_allow_tf32": _read(lambda: matmul.allow_tf32),
+              "cudnn_allow_tf32": _read(lambda: torch.backends.cudnn.allow_tf32)}
+    record.update({key: node.fp32_precision for key, node in nodes.items()})
+    record.update({f"matmul_{name}": getattr(matmul, name) for name in REDUCED_PRECISION if hasattr(matmul, name)})
+    record["cupy_tf32"] = os.environ.get("CUPY_TF32", "0")
+    return record
+
+
+def _read(getter) -> object:
     try:
-        yield {"matmul_allow_tf32": tf32, "cudnn_allow_tf32": tf32}
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        return getter()
+    except RuntimeError as exc:
+        return f"unreadable ({exc})"
 
 
 class TimedCalls:
@@ -67,8 +188,13 @@ class TimedCalls:
         self.last_set: int | None = None  # the set whose values are in the buffers
         self.result: object = None  # the last planned call's result ...
         self.result_set: int | None = None  # ... and the set it ran on
-        self.target = {"forward": self._forward, "backward": self._backward, "total": self._total}[phase]
         self.plan(1, last=self.PROBE_SET_INDEX)
+
+    @property
+    def target(self):
+        # Looked up, not stored: a stored bound method is a reference cycle, which would keep the
+        # buffers and the last result alive into the next phase (and its peak) until a collection.
+        return {"forward": self._forward, "backward": self._backward, "total": self._total}[self.phase]
 
     def plan(self, calls: int, last: int = 0) -> None:
         """The next `calls` calls: consecutive ones on different sets, the first not on the set of
@@ -122,9 +248,10 @@ class TimedCalls:
         return self._backward(dy, dh_n, dc_n)
 
 
-def probe(calls: TimedCalls) -> tuple[float, int | None]:
+def probe(calls: TimedCalls, baseline: int | None = None) -> tuple[float, int | None]:
     """One call that the benchmark does not time (also a warm-up): its seconds size the rounds,
-    and on CUDA its peak allocation is the phase's peak memory."""
+    and on CUDA its peak allocation above `baseline` (harness.memory.peak_bytes) is the phase's
+    peak memory."""
     args, kwargs = calls.setup()
     seconds = []
 
@@ -133,8 +260,8 @@ def probe(calls: TimedCalls) -> tuple[float, int | None]:
         calls.target(*args, **kwargs)
         seconds.append(time.perf_counter() - start)
 
-    if calls.device == "cuda":
-        peak = peak_bytes(timed, calls.device)
+    if memory.tracks_allocations(calls.device):
+        peak = memory.peak_bytes(timed, calls.device, baseline)
     else:
         timed()
         peak = None

@@ -1,0 +1,248 @@
+"""Peak memory per phase: above a baseline taken before the implementation was built, so what it
+allocated at construction or capture counts (a graph replay allocates nothing) and the harness's
+own inputs, references and timing buffers do not. Driven on the CPU through a fake torch.cuda
+allocator count, which the fake implementations below move."""
+
+import json
+import types
+from pathlib import Path
+
+import pytest
+
+from harness import measure, memory
+from harness.memory import PEAK_INCLUDES, peak_bytes, retained
+from harness.problem import PHASES, TIMED_SETS
+from harness.registry import Registry
+from harness.report import OLD_PEAK_INCLUDES, render
+from harness.results import load_results
+from harness.roofline import Ceiling
+from harness.session import BenchSession, Prepared, Settings
+from harness.timing import TimedCalls, probe
+from impls.fused import FusedLSTM
+
+HARNESS = 10_000_000  # what is allocated before any implementation: the harness's input sets and the like
+RESIDENT = 3_000_000  # what an implementation allocates when built (weights, workspaces, a captured graph)
+TRANSIENT = 200_000  # what one of its calls needs while it runs
+
+
+class FakeAllocator:
+    """torch.cuda's allocator counts, for a device that is not there."""
+
+    def __init__(self, allocated: int) -> None:
+        self.allocated = self.peak = allocated
+
+    def alloc(self, n: int) -> None:
+        self.allocated += n
+        self.peak = max(self.peak, self.allocated)
+
+    def free(self, n: int) -> None:
+        self.allocated -= n
+
+    def memory_allocated(self, device=None) -> int:
+        return self.allocated
+
+    def max_memory_allocated(self, device=None) -> int:
+        return self.peak
+
+    def reset_peak_memory_stats(self, device=None) -> None:
+        self.peak = self.allocated
+
+    def synchronize(self, device=None) -> None:
+        pass
+
+
+class Allocating(FusedLSTM):
+    """`fused`, as the fake allocator sees it: RESIDENT bytes from construction until it is gone,
+    TRANSIENT more during each call."""
+
+    name = "allocating"
+    description = "fused with fake device allocations"
+    allocator: FakeAllocator | None = None
+    per_call = TRANSIENT
+
+    def __init__(self, problem, weights):
+        super().__init__(problem, weights)
+        self._allocator = self.allocator
+        self._allocator.alloc(RESIDENT)
+
+    def __del__(self):
+        if hasattr(self, "_allocator"):  # built
+            self._allocator.free(RESIDENT)
+
+    def _call(self):
+        self._allocator.alloc(self.per_call)
+        self._allocator.free(self.per_call)
+
+    def forward(self, x, h0, c0):
+        self._call()
+        return super().forward(x, h0, c0)
+
+    def backward(self, dy, dh_n, dc_n):
+        self._call()
+        return super().backward(dy, dh_n, dc_n)
+
+
+class Replaying(Allocating):
+    """Everything allocated at capture (construction), nothing on replay: like fused_graphs."""
+
+    name = "replaying"
+    description = "captured at construction, replays allocate nothing"
+    per_call = 0
+
+
+@pytest.fixture
+def allocator(monkeypatch):
+    fake = FakeAllocator(HARNESS)
+    for name in ("memory_allocated", "max_memory_allocated", "reset_peak_memory_stats", "synchronize"):
+        monkeypatch.setattr(memory.torch.cuda, name, getattr(fake, name))
+    monkeypatch.setattr(memory, "tracks_allocations", lambda device: True)  # the CPU, counted as if it were CUDA
+    monkeypatch.setattr(Allocating, "allocator", fake)
+    return fake
+
+
+@pytest.fixture
+def session(monkeypatch):
+    registry = Registry()
+    for cls in (Allocating, Replaying):
+        registry.add(cls, "test")
+    options = {"lstm_device": "cpu", "lstm_grid": "smoke", "lstm_batch": "2", "lstm_length": "3",
+               "lstm_rounds": "2", "lstm_warmup": "0"}
+    settings = Settings.from_options(options.get, registry)
+    ceiling = Ceiling("cpu", "float32", 1.0, 1, 1)  # the real one takes seconds; no rate is checked here
+    monkeypatch.setattr(BenchSession, "ceiling", lambda self, problem: ceiling)
+    return BenchSession(settings)
+
+
+class FakeBenchmark:
+    """What harness.measure uses of pytest-benchmark's fixture."""
+
+    disabled = False
+
+    def __init__(self):
+        self.extra_info, self.group, self.has_error = {}, None, False
+
+    def pedantic(self, target, setup, rounds, warmup_rounds):
+        for _ in range(warmup_rounds + rounds):
+            args, kwargs = setup()
+            target(*args, **kwargs)
+
+
+def measured_peaks(session, name) -> dict[str, object]:
+    reg = next(r for r in session.settings.impls if r.name == name)
+    problem = session.settings.problems[0]
+    info = {}
+    for phase in PHASES:
+        benchmark = FakeBenchmark()
+        measure.measure_phase(benchmark, types.SimpleNamespace(), session, reg, problem, phase)
+        info[phase] = benchmark.extra_info
+    return info
+
+
+def test_the_baseline_is_taken_before_the_implementation_is_built(allocator, session):
+    reg, problem = session.settings.impls[0], session.settings.problems[0]
+    prepared = session.validated(reg, problem)
+    assert prepared.memory_baseline == HARNESS  # before its constructor allocated anything
+    assert allocator.allocated == HARNESS + RESIDENT  # its saturating twin is gone again
+    calls = TimedCalls(prepared.impl, {k: v for k, v in prepared.inputs.items() if k in TIMED_SETS}, "total", "cpu")
+    assert probe(calls, prepared.memory_baseline)[1] == RESIDENT + TRANSIENT
+    assert probe(calls)[1] == TRANSIENT  # without a baseline: the call's own memory only
+
+
+@pytest.mark.parametrize("name,peak", [("allocating", RESIDENT + TRANSIENT), ("replaying", RESIDENT)])
+def test_every_phase_counts_what_the_implementation_allocated_when_built(allocator, session, name, peak):
+    """A replay of captured work allocates nothing: its peak is still its buffers, not zero."""
+    info = measured_peaks(session, name)
+    assert {phase: i["peak_bytes"] for phase, i in info.items()} == dict.fromkeys(PHASES, peak)
+    assert all(i["peak_includes"] == PEAK_INCLUDES for i in info.values())
+    json.dumps(info["total"]["peak_includes"])
+
+
+def test_the_peak_does_not_depend_on_what_ran_before(allocator, session):
+    """The same implementation measured first, and after another one (whose memory is released
+    when it is dropped) and after memory something else keeps: the same peaks."""
+    first = measured_peaks(session, "allocating")
+    measured_peaks(session, "replaying")
+    allocator.alloc(5_000_000)  # e.g. cached by an earlier agreement run in the same process
+    again = measured_peaks(session, "allocating")
+    assert [i["peak_bytes"] for i in first.values()] == [i["peak_bytes"] for i in again.values()]
+
+
+def test_what_the_harness_allocates_after_the_baseline_is_not_counted(allocator, session, monkeypatch):
+    """The timing buffers (per phase) and the reference of the check after timing (kept for the
+    point's later phases) are the harness's."""
+
+    class BufferedCalls(TimedCalls):
+        def __init__(self, *args):
+            super().__init__(*args)
+            allocator.alloc(400_000)
+            self._free = allocator.free
+
+        def __del__(self):
+            self._free(400_000)
+
+    real_reference = measure.reference_for
+    kept = []
+
+    def reference_for(*args):
+        if not kept:  # computed once, then cached: it stays
+            allocator.alloc(700_000)
+            kept.append(args)
+        return real_reference(*args)
+
+    monkeypatch.setattr(measure, "TimedCalls", BufferedCalls)
+    monkeypatch.setattr(measure, "reference_for", reference_for)
+    info = measured_peaks(session, "allocating")
+    assert [i["peak_bytes"] for i in info.values()] == [RESIDENT + TRANSIENT] * 3
+
+
+def test_retained_and_harness_holds(allocator):
+    result, held = retained("cpu", lambda: allocator.alloc(123) or "made")
+    assert (result, held) == ("made", 123)
+    prepared = Prepared(None, {}, None, None, memory_baseline=1000)
+    prepared.harness_holds(held)
+    assert prepared.memory_baseline == 1123
+    on_cpu = Prepared(None, {}, None, None)
+    on_cpu.harness_holds(5)
+    assert on_cpu.memory_baseline is None
+
+
+def test_no_peak_where_allocations_are_not_tracked(allocator, session, monkeypatch):
+    monkeypatch.setattr(memory, "tracks_allocations", lambda device: False)  # the CPU, as it is
+    info = measured_peaks(session, "allocating")
+    assert all(i["peak_bytes"] is None and i["peak_includes"] is None for i in info.values())
+    assert peak_bytes(lambda: None, "cpu", baseline=5) is None
+
+
+# -- the report says what the number includes ------------------------------------------------------
+
+FIXTURE = Path(__file__).parent / "data" / "smoke-results.json"  # a real smoke run (CPU)
+
+
+def _as_cuda_results(tmp_path, includes: str | None):
+    data = json.loads(FIXTURE.read_text())
+    for bench in data["benchmarks"]:
+        info = bench["extra_info"]
+        info["device"], info["peak_bytes"] = "cuda", 3 * 2**20
+        if includes is not None:
+            info["peak_includes"] = includes
+    path = tmp_path / "cuda.json"
+    path.write_text(json.dumps(data))
+    return load_results([path])
+
+
+def _peak_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("- **Peak memory**")]
+
+
+def test_the_report_says_what_the_peak_includes(tmp_path):
+    text = render(_as_cuda_results(tmp_path, PEAK_INCLUDES), "modular", "t")
+    assert _peak_lines(text) == [f"- **Peak memory** (Peak forward, Peak backward): {PEAK_INCLUDES}"]
+    assert "| Peak forward" in text and "3.0 MiB" in text
+    header, first_table = text.split("## Batch size", 1)[0], text.index("| Code ")
+    assert _peak_lines(header) and text.index("- **Peak memory**") < first_table
+
+
+def test_older_results_get_the_old_meaning_and_cpu_results_no_line(tmp_path):
+    assert _peak_lines(render(_as_cuda_results(tmp_path, None), "modular", "t")) == [
+        f"- **Peak memory** (Peak forward, Peak backward): {OLD_PEAK_INCLUDES}"]
+    assert _peak_lines(render(load_results([FIXTURE]), "modular", "t")) == []
