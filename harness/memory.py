@@ -44,8 +44,9 @@ def saved_bytes(impl: Impl, inputs: Inputs) -> int | None:
 
 # What `peak_bytes` of a timed phase is, recorded with every row that has one (the report prints it).
 PEAK_INCLUDES = ("peak allocated by torch's CUDA allocator during the phase, above what was allocated before the "
-                 "implementation was built: its weights, workspaces and captured graphs count, the harness's inputs "
-                 "do not")
+                 "implementation was built: its weights, workspaces and captured graphs' live buffers count, the "
+                 "harness's inputs do not; temporaries a captured graph keeps reserved in its private pool, and "
+                 "CuPy's cuBLAS workspace, are not seen")
 
 
 def tracks_allocations(device: str) -> bool:

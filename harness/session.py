@@ -235,7 +235,10 @@ class BenchSession:
                 if not saturation.passed:
                     verdict = saturation
             if verdict.passed:
-                self.saved[(reg.name, problem)] = saved_bytes(impl, own[AGREEMENT_SET])
+                # On a throwaway instance: an autograd forward keeps its graph until a backward,
+                # which would sit in the next phase's peak memory.
+                self.saved[(reg.name, problem)] = saved_bytes(reg.cls(problem, own[AGREEMENT_SET].weights),
+                                                              own[AGREEMENT_SET])
         finally:
             faults = state_faults(before)
         verdict.faults += written_inputs(pristine, own) + faults

@@ -23,8 +23,14 @@ from impls.fused import FusedLSTM
 class CudaGraphCapture:
     """Records `fn` as a CUDA graph (after warm-up on a side stream, as torch requires)."""
 
+    # One warm-up stream for every capture: cuBLAS allocates a workspace on each new stream's first
+    # product and keeps it, which would be charged to whichever point happened to draw a new one.
+    _warmup_stream = None
+
     def record(self, fn: Callable[[], object]) -> object:
-        stream = torch.cuda.Stream()
+        if CudaGraphCapture._warmup_stream is None:
+            CudaGraphCapture._warmup_stream = torch.cuda.Stream()
+        stream = CudaGraphCapture._warmup_stream
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):

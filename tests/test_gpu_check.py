@@ -39,3 +39,16 @@ def test_runs_to_the_end_on_the_cpu_and_names_what_it_skipped(run_python, tmp_pa
 def test_cuda_without_a_gpu_is_a_usage_error(run_python, tmp_path):
     proc = run_python("-m", "harness.gpu_check", "--out", str(tmp_path), "--device", "cuda")
     assert proc.returncode == 2 and "no CUDA device is visible" in proc.stderr
+
+
+def test_a_step_whose_process_dies_is_reported_and_the_summary_is_kept(tmp_path, monkeypatch):
+    """Each step runs in a child process: one that dies (here: asked for CUDA on a machine
+    without it) is a failed step with its exit status, the next step still runs, and
+    summary.json is on disk after every step."""
+    monkeypatch.setattr(gpu_check, "STEPS", gpu_check.STEPS[:2])
+    check = gpu_check.Check(tmp_path, "cpu", 0.05, False, deadline=float("inf"))
+    results = gpu_check.run_steps_isolated(check, ["--out", str(tmp_path), "--device", "cuda"])
+    assert [r["status"] for r in results] == ["failed", "failed"]
+    assert all("process died (exit status 2)" in r["detail"] for r in results), results
+    assert json.loads((tmp_path / "summary.json").read_text()) == results
+    assert "no CUDA device" in (tmp_path / "step-versions.out").read_text()
