@@ -182,9 +182,6 @@ class BenchSession:
             self._sets = (problem, sets)
         return self._sets[1]
 
-    def inputs(self, problem: Problem) -> Inputs:
-        return self.input_sets(problem)[AGREEMENT_SET]
-
     def validated(self, reg: Registration, problem: Problem) -> Prepared:
         """The prepared implementation, once it has passed every check on `problem`: agreement on
         input set 0 (outputs checked before backward runs), agreement in the saturating range,
