@@ -6,9 +6,13 @@ __version__ = "0.1.0"
 
 # Imported on first use (PEP 562): the pytest plugin loads this package in every pytest run of an
 # environment that has the harness installed, and those runs should not pay for importing torch.
-_EXPORTS = {"Grads": "harness.impl", "Impl": "harness.impl", "Outputs": "harness.impl", "Support": "harness.impl",
-            "Inputs": "harness.problem", "LayerWeights": "harness.problem", "Problem": "harness.problem",
-            "discover": "harness.registry", "register": "harness.registry"}
+_EXPORTS = {
+    **dict.fromkeys(("Grads", "Impl", "Outputs", "Support"), "harness.contract.impl"),
+    **dict.fromkeys(("Inputs", "LayerWeights"), "harness.contract.inputs"),
+    "Problem": "harness.contract.problem",
+    "AutogradImpl": "harness.contract.autograd_impl",
+    **dict.fromkeys(("discover", "register"), "harness.contract.registry"),
+}
 
 __all__ = [*_EXPORTS, "__version__"]
 

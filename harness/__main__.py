@@ -8,9 +8,9 @@ import sys
 
 from tabulate import tabulate
 
-from harness.grid import DEVICE_CHOICES, GridError, resolve_device
-from harness.problem import Problem
-from harness.registry import RegistryError, discover
+from harness.contract.grid import DEVICE_CHOICES, GridError, resolve_device
+from harness.contract.problem import Problem
+from harness.contract.registry import RegistryError, discover
 
 
 def list_implementations(device: str, plugins: list[str]) -> str:

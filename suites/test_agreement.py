@@ -4,7 +4,7 @@ Under --benchmark-only pytest skips this file; the speed suite then runs the ver
 (shared through the session) before it times anything.
 """
 
-from harness.measure import check_agreement_only
+from harness.measuring.measure import check_agreement_only
 
 
 def test_agreement(lstm_point, lstm_session):

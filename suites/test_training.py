@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from harness.training_agreement import (
+from harness.example.training_agreement import (
     CURVE_TOLERANCE,
     SETUPS,
     WEIGHT_TOLERANCE,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.problem import Problem
+from harness.contract.problem import Problem
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent

@@ -2,7 +2,7 @@
 
 from mutants import BROKEN, MUTANTS, TRUST_MUTANTS
 
-from harness.registry import register
+from harness.contract.registry import register
 
 for cls in MUTANTS + BROKEN + list(TRUST_MUTANTS):
     register(cls)

@@ -6,7 +6,7 @@ Each is the real fused algorithm with one bug planted through a seam of FusedLST
 
 import torch
 
-from harness.impl import Grads, Outputs
+from harness.contract.impl import Grads, Outputs
 from impls.fused import FusedLSTM
 
 

@@ -1,7 +1,7 @@
 """Plugin module for `--lstm-plugin oom_plugin`: an implementation that runs out of memory the way
 CuPy reports it (a MemoryError, not torch's OutOfMemoryError), on the larger problems only."""
 
-from harness.registry import register
+from harness.contract.registry import register
 from impls.fused import FusedLSTM
 
 

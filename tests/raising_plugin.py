@@ -4,7 +4,7 @@ What a plugin with a bug at import time looks like: the harness must name it and
 registration, not crash with a traceback.
 """
 
-from harness.registry import register
+from harness.contract.registry import register
 from impls.fused import FusedLSTM
 
 

@@ -6,7 +6,7 @@ time: a busier machine stretches both alike, so the slowdown survives normalisin
 
 import os
 
-from harness.registry import register
+from harness.contract.registry import register
 from impls.fused import FusedLSTM
 
 

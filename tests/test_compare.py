@@ -1,7 +1,7 @@
 import json
 
-from harness.compare import environment_differences, judge
-from harness.report import main
+from harness.reporting.compare import environment_differences, judge
+from harness.reporting.report import main
 
 FIXTURE = "tests/data/smoke-results.json"
 REPEAT = "12"  # tunable's work per call in the slowed run: 12x fused's, far above the 1.5x gate and above

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.problem import DTYPES, Problem
+from harness.contract.problem import DTYPES, Problem, torch_dtype
 from impls import cupy_lstm
 from impls.cupy_lstm import KERNELS, CupyLSTM
 
@@ -39,7 +39,7 @@ def claimed_dtypes() -> list[np.dtype]:
         names = [d for d in DTYPES if CupyLSTM.supports(Problem(1, 1, 1, 1, 1, dtype=d, device="cuda")).ok]
     finally:
         cupy_lstm.cupy_usable = usable
-    return sorted({torch.empty(0, dtype=DTYPES[d]).numpy().dtype for d in names}, key=str)
+    return sorted({torch.empty(0, dtype=torch_dtype(d)).numpy().dtype for d in names}, key=str)
 
 
 def test_the_claimed_dtypes_are_the_three_cuda_float_types():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.problem import make_inputs
+from harness.contract.inputs import make_inputs
 from impls import cupy_lstm
 from impls.cupy_lstm import CupyLSTM, check_cupy, cuda_mismatch
 

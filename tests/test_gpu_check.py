@@ -3,7 +3,7 @@ without a GPU it runs what the CPU can and says what it skipped."""
 
 import json
 
-from harness import gpu_check
+from harness.commands import gpu_check
 
 
 def test_a_failed_step_is_reported_and_the_next_one_still_runs(tmp_path):

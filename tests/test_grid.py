@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from harness.grid import GRIDS, GridError, build_problems, parse_number, parse_positive_ints
-from harness.session import Settings
+from harness.contract.grid import GRIDS, GridError, build_problems, parse_number, parse_positive_ints
+from harness.measuring.session import Settings
 
 NO_GPU = not torch.cuda.is_available()
 

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from harness.agreement import check_agreement
-from harness.problem import Problem, make_inputs
-from harness.registry import discover
+from harness.contract.agreement import check_agreement
+from harness.contract.inputs import make_inputs
+from harness.contract.problem import Problem
+from harness.contract.registry import discover
 from impls import cupy_lstm
 from impls.cudnn import _detected_backend
 

@@ -9,15 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from harness import measure, memory
-from harness.memory import PEAK_INCLUDES, peak_bytes, retained
-from harness.problem import PHASES, TIMED_SETS
-from harness.registry import Registry
-from harness.report import OLD_PEAK_INCLUDES, render
-from harness.results import load_results
-from harness.roofline import Ceiling
-from harness.session import BenchSession, Prepared, Settings
-from harness.timing import TimedCalls, probe
+from harness.contract.inputs import TIMED_SETS
+from harness.contract.problem import PHASES
+from harness.contract.registry import Registry
+from harness.measuring import measure, memory
+from harness.measuring.memory import PEAK_INCLUDES, peak_bytes, retained
+from harness.measuring.roofline import Ceiling
+from harness.measuring.session import BenchSession, Prepared, Settings
+from harness.measuring.timing import TimedCalls, probe
+from harness.reporting.report import OLD_PEAK_INCLUDES, render
+from harness.reporting.results import load_results
 from impls.fused import FusedLSTM
 
 HARNESS = 10_000_000  # what is allocated before any implementation: the harness's input sets and the like
@@ -114,7 +115,7 @@ def session(monkeypatch):
 
 
 class FakeBenchmark:
-    """What harness.measure uses of pytest-benchmark's fixture."""
+    """What harness.measuring.measure uses of pytest-benchmark's fixture."""
 
     disabled = False
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from mutants import ForgetBiasOffByOne, NaNOutput, RecurrentGradSkipsFirstStep, RowZeroRecurrence, WrongGateOrder
 
-from harness.agreement import TOLERANCES, Agreement, AgreementError, check_agreement, relative_error
-from harness.problem import Problem
+from harness.contract.agreement import TOLERANCES, Agreement, AgreementError, check_agreement, relative_error
+from harness.contract.problem import Problem
 from impls.fused import FusedLSTM
 
 

@@ -9,11 +9,12 @@ import types
 import pytest
 from test_memory_peak import FakeBenchmark
 
-from harness import measure, registry
-from harness.measure import check_agreement_only, measure_phase
-from harness.registry import Registry
-from harness.roofline import Ceiling
-from harness.session import BenchSession, Settings
+from harness.contract import registry
+from harness.contract.registry import Registry
+from harness.measuring import measure
+from harness.measuring.measure import check_agreement_only, measure_phase
+from harness.measuring.roofline import Ceiling
+from harness.measuring.session import BenchSession, Settings
 from impls.fused import FusedLSTM
 
 

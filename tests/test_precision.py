@@ -1,13 +1,13 @@
-"""harness.timing.precision pins every library's arithmetic per mode and puts everything back;
-harness.process_state sees the same settings, and survives getters that raise."""
+"""harness.measuring.timing.precision pins every library's arithmetic per mode and puts everything back;
+harness.measuring.process_state sees the same settings, and survives getters that raise."""
 
 import pytest
 import torch
 from torch.backends import ContextProp
 
-from harness import timing
-from harness.process_state import ProcessState
-from harness.timing import fp32_operations, precision
+from harness.measuring import timing
+from harness.measuring.process_state import ProcessState
+from harness.measuring.timing import fp32_operations, precision
 
 MODES = ("float32", "float64", "bfloat16", "float16", "tf32")
 OPERATIONS = ("matmul", "cudnn_rnn", "cudnn_conv", "mkldnn_matmul", "mkldnn_rnn", "mkldnn_conv")

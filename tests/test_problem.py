@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from harness.problem import Problem, ProblemError, make_inputs
+from harness.contract.inputs import make_inputs
+from harness.contract.problem import Problem, ProblemError
 
 
 @pytest.mark.parametrize("field,value", [("batch", 0), ("length", -1), ("hidden", 2.5), ("layers", True),

@@ -1,8 +1,9 @@
 import torch
 
-from harness.agreement import relative_error
-from harness.problem import Problem, make_inputs
-from harness.reference import compute_reference, reference_for
+from harness.contract.agreement import relative_error
+from harness.contract.inputs import make_inputs
+from harness.contract.problem import Problem
+from harness.contract.reference import compute_reference, reference_for
 
 
 def test_reference_matches_torch_lstm_in_float64(small):

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from mutants import RowZeroRecurrence, WrongGateOrder
 
-import harness.registry as registry_module
-from harness.impl import Impl
-from harness.registry import ENTRY_POINT_GROUP, Registry, RegistryError, discover
+import harness.contract.registry as registry_module
+from harness.contract.impl import Impl
+from harness.contract.registry import ENTRY_POINT_GROUP, Registry, RegistryError, discover
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILTINS = {"cudnn", "fused", "modular", "cupy"}
@@ -135,7 +135,7 @@ def test_plugin_raising_at_import_is_named_and_leaves_nothing_registered():
 
 def test_a_helper_that_did_import_keeps_its_registration(tmp_path, monkeypatch):
     (tmp_path / "helper_under_test.py").write_text(textwrap.dedent("""
-        from harness.registry import register
+        from harness.contract.registry import register
         from impls.fused import FusedLSTM
 
         @register

@@ -5,8 +5,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.report import format_ms, main
-from harness.results import ResultsError, latest_results, load_results
+from harness.reporting.report import format_ms, main
+from harness.reporting.results import ResultsError, latest_results, load_results
 
 FIXTURE = Path(__file__).parent / "data" / "smoke-results.json"  # a real smoke run, with one mutant
 FOUR = ("cudnn", "fused", "modular", "cupy")
@@ -131,7 +131,7 @@ def test_no_plots_skips_figures(tmp_path):
 
 
 def test_palette_is_one_colour_per_implementation_everywhere():
-    from harness.figures import palette
+    from harness.reporting.figures import palette
 
     assert palette(["fused", "cudnn", "fused"]) == palette(["cudnn", "fused"])
     assert len(set(palette(FOUR).values())) == 4

@@ -3,11 +3,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from harness import roofline
-from harness.memory import saved_bytes
-from harness.problem import Problem, make_inputs
-from harness.registry import discover
-from harness.roofline import WARMUP_SECONDS, measure_ceiling
+from harness.contract.inputs import make_inputs
+from harness.contract.problem import Problem
+from harness.contract.registry import discover
+from harness.measuring import roofline
+from harness.measuring.memory import saved_bytes
+from harness.measuring.roofline import WARMUP_SECONDS, measure_ceiling
 
 
 def test_ceiling_is_measured_once_and_described():
@@ -86,6 +87,6 @@ def test_saved_bytes_of_autograd_impls_are_hooked_and_exclude_weights_and_inputs
 
 
 def test_peak_memory_is_cuda_only():
-    from harness.memory import peak_bytes
+    from harness.measuring.memory import peak_bytes
 
     assert peak_bytes(lambda: torch.ones(10), "cpu") is None

@@ -4,12 +4,12 @@ import pytest
 import torch
 from mutants import ForgetBiasOffByOne
 
-from harness import sequence
-from harness.problem import make_inputs
-from harness.registry import discover
-from harness.sequence import main
-from harness.sequence_task import CONFIGS, GATE_CLIP, clipping_for, init_network, target_sequence
-from harness.training_agreement import agrees, compare, train
+from harness.contract.inputs import make_inputs
+from harness.contract.registry import discover
+from harness.example import command as sequence
+from harness.example.command import main
+from harness.example.task import CONFIGS, GATE_CLIP, clipping_for, init_network, target_sequence
+from harness.example.training_agreement import agrees, compare, train
 
 
 def test_target_is_the_seeds_sequence():
@@ -208,6 +208,6 @@ def test_the_loss_falls_through_the_cli(tmp_path):
 
 
 def _cpu_probe():
-    from harness.problem import Problem
+    from harness.contract.problem import Problem
 
     return Problem(batch=1, length=1, input_size=1, hidden=7, layers=1)

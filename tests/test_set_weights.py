@@ -5,11 +5,12 @@ it was built with as they were."""
 import pytest
 import torch
 
-from harness.agreement import new_agreement, run_and_compare
-from harness.problem import Problem, make_inputs
-from harness.reference import compute_reference
-from harness.registry import discover
-from harness.training_agreement import agrees, compare, train
+from harness.contract.agreement import new_agreement, run_and_compare
+from harness.contract.inputs import make_inputs
+from harness.contract.problem import Problem
+from harness.contract.reference import compute_reference
+from harness.contract.registry import discover
+from harness.example.training_agreement import agrees, compare, train
 from impls.fused import FusedLSTM
 from impls.fused_graphs import EagerCapture, GraphedFusedLSTM
 

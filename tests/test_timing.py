@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from harness.impl import Grads, Impl, Outputs
-from harness.problem import TIMED_SETS, make_inputs
-from harness.timing import TimedCalls, choose_rounds, precision, probe
+from harness.contract.impl import Grads, Impl, Outputs
+from harness.contract.inputs import TIMED_SETS, make_inputs
+from harness.measuring.timing import TimedCalls, choose_rounds, precision, probe
 
 
 class Recorder(Impl):
@@ -133,7 +133,7 @@ def test_precision_pins_and_restores_tf32():
 
 def test_cuda_targets_end_with_device_completion(small, monkeypatch):
     """On CUDA every timed target and every setup ends in a synchronize (no queued work leaks)."""
-    import harness.timing as timing
+    import harness.measuring.timing as timing
 
     events = []
     monkeypatch.setattr(timing, "synchronize", lambda device: events.append(("sync", device)))
@@ -154,7 +154,7 @@ def test_cuda_targets_end_with_device_completion(small, monkeypatch):
 
 
 def test_allocator_setting_is_applied_once_and_described():
-    from harness.allocator import keep_freed_memory
+    from harness.measuring.allocator import keep_freed_memory
 
     first = keep_freed_memory()
     assert first and keep_freed_memory() is first

@@ -8,11 +8,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from harness import training_agreement
-from harness.impl import Impl, Support
-from harness.registry import Registration
-from harness.sequence_task import CHUNK, CONFIGS
-from harness.training_agreement import TrainingRun, train, training_problem
+from harness.contract.impl import Impl, Support
+from harness.contract.registry import Registration
+from harness.example import training_agreement
+from harness.example.task import CHUNK, CONFIGS
+from harness.example.training_agreement import TrainingRun, train, training_problem
 
 SUITE = Path(__file__).resolve().parent.parent / "suites" / "test_training.py"
 

@@ -12,18 +12,13 @@ import pytest
 import torch
 from mutants import TRUST_MUTANTS, LazyForward, NaiveTanh
 
-from harness.agreement import check_agreement, tensor_fault
-from harness.isolation import private_copies, written_inputs
-from harness.problem import (
-    SATURATING,
-    Problem,
-    make_inputs,
-    max_preactivation,
-    saturating_inputs,
-)
-from harness.process_state import ProcessState
-from harness.reference import reference_for
-from harness.registry import discover
+from harness.contract.agreement import check_agreement, tensor_fault
+from harness.contract.inputs import SATURATING, make_inputs, max_preactivation, saturating_inputs
+from harness.contract.problem import Problem
+from harness.contract.reference import reference_for
+from harness.contract.registry import discover
+from harness.measuring.isolation import private_copies, written_inputs
+from harness.measuring.process_state import ProcessState
 
 SPEED = ("-m", "pytest", "suites/test_speed.py", "--benchmark-only", "--lstm-grid", "smoke", "--lstm-batch", "3",
          "--lstm-length", "4", "--lstm-plugin", "mutant_plugin", "--lstm-rounds", "3", "-p", "no:cacheprovider", "-q")
@@ -83,7 +78,7 @@ def test_installed_plugin_is_inert_in_other_projects(run_python, tmp_path):
         "import sys\n"
         "def test_other(benchmark):\n"
         "    benchmark(sum, range(10))\n"
-        "    import harness.registry as r\n"
+        "    import harness.contract.registry as r\n"
         "    assert not r._discovered and len(r.REGISTRY) == 0\n"
         "    assert not any(m.startswith('impls') for m in sys.modules)\n")
     out = tmp_path / "other.json"
@@ -137,7 +132,7 @@ def test_correct_implementations_pass_in_the_saturating_range(name, shape):
     problem = Problem(*shape)
     inputs = saturating_inputs(problem)
     impl = discover().get(name)(problem, inputs.weights)
-    from harness.agreement import new_agreement, run_and_compare
+    from harness.contract.agreement import new_agreement, run_and_compare
 
     agreement = run_and_compare(impl, inputs, reference_for(problem, 0, SATURATING),
                                 new_agreement(name, problem, "saturating"))
@@ -220,9 +215,9 @@ def test_a_run_that_times_nothing_leaves_no_results_file(run_python, tmp_path, h
 
 
 def test_plugin_option_choices_match_the_harness():
-    from harness import pytest_plugin
-    from harness.grid import DEVICE_CHOICES, GRID_CHOICES
-    from harness.problem import DTYPES
+    from harness.contract.grid import DEVICE_CHOICES, GRID_CHOICES
+    from harness.contract.problem import DTYPES
+    from harness.measuring import pytest_plugin
 
     assert pytest_plugin.GRID_NAMES == GRID_CHOICES
     assert pytest_plugin.DEVICE_NAMES == DEVICE_CHOICES

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 import torch
 from tabulate import tabulate
 
-from harness.impl import Grads, Impl, Outputs
-from harness.problem import Inputs, LayerWeights, Problem, make_inputs
-from harness.reference import reference_for
-from harness.timing import synchronize
+from harness.contract.impl import Grads, Impl, Outputs
+from harness.contract.inputs import Inputs, LayerWeights, make_inputs
+from harness.contract.problem import Problem
+from harness.contract.reference import reference_for
+from harness.measuring.timing import synchronize
 
 # The one tolerance table. float32: measured errors of a correct LSTM are 1e-7 .. 1e-6 at the
 # default CPU grid; 1e-5 leaves room for longer sequences while every planted bug we test
@@ -25,7 +26,7 @@ from harness.timing import synchronize
 # CPU: 4e-3 .. 2e-2.
 TOLERANCES: dict[str, float] = {"float32": 1e-5, "float64": 1e-12, "tf32": 1e-2, "float16": 1e-2,
                                 "bfloat16": 5e-2}
-# On the saturating set (harness.problem.saturating_inputs), where the few unsaturated gates carry
+# On the saturating set (harness.contract.inputs.saturating_inputs), where the few unsaturated gates carry
 # all the gradient. float32 and float64 keep their tolerance (measured on the CPU, float32: 2e-6
 # .. 4e-6). bfloat16 measured 6e-3 .. 6.4e-2, so 2e-1; tf32 and float16 (GPU modes, not yet
 # measured) 5x their own. The bugs this set is for give NaN or Inf, caught at any tolerance.

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from harness.impl import Impl
+from harness.contract.impl import Impl
 
 ENTRY_POINT_GROUP = "lstm_harness.impls"
 BUILTIN_PACKAGE = "impls"

@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-if TYPE_CHECKING:  # the harness's modules import torch: only a harness run pays for that
-    from harness.session import BenchSession
+from harness.reporting.record import RESULTS_KEY
 
-RESULTS_KEY = "lstm_harness"
+if TYPE_CHECKING:  # the harness's modules import torch: only a harness run pays for that
+    from harness.measuring.session import BenchSession
+
 SESSION = pytest.StashKey["BenchSession"]()
 # Spelled out here so that loading the plugin imports nothing heavy; tests check them against
-# harness.grid and harness.problem.
+# harness.contract.grid and harness.contract.inputs.
 GRID_NAMES = ("auto", "seed", "cpu", "smoke")
 DEVICE_NAMES = ("auto", "cpu", "cuda")
 DTYPE_NAMES = ("float32", "float64", "tf32", "bfloat16", "float16")
@@ -64,10 +65,10 @@ def _harness_run(config) -> bool:
 def activate(config) -> BenchSession:
     """Validate the options and build the run's session (once): from here on the plugin acts."""
     if SESSION not in config.stash:
-        from harness.allocator import keep_freed_memory
-        from harness.grid import GridError
-        from harness.registry import RegistryError
-        from harness.session import BenchSession, Settings
+        from harness.contract.grid import GridError
+        from harness.contract.registry import RegistryError
+        from harness.measuring.allocator import keep_freed_memory
+        from harness.measuring.session import BenchSession, Settings
 
         try:
             settings = Settings.from_options(config.getoption)
@@ -105,7 +106,7 @@ def bench_session(config) -> BenchSession:
 def pytest_report_header(config):
     if not active(config):
         return []
-    from harness import environment
+    from harness.measuring import environment
 
     s = bench_session(config).settings
     overrides = ", ".join(f"{k}={','.join(map(str, v))}" for k, v in s.explicit.items())
@@ -167,7 +168,7 @@ def pytest_runtest_makereport(item, call):
 
 def pytest_benchmark_update_machine_info(config, machine_info):
     if active(config):
-        from harness import environment
+        from harness.measuring import environment
 
         machine_info[RESULTS_KEY] = environment.describe(bench_session(config).settings.device)
 

@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from harness.problem import DTYPES
-from harness.timing import precision, synchronize
+from harness.contract.problem import torch_dtype
+from harness.measuring.timing import precision, synchronize
 
 # Square matrix products big enough to run at the device's best rate.
 SIZES = {"cpu": 2048, "cuda": 8192}
@@ -74,8 +74,8 @@ def measure_ceiling(device: str, dtype: str, size: int | None = None, repeats: i
     """
     n = size or SIZES[device]
     gen = torch.Generator().manual_seed(0)
-    a, b = (torch.rand(n, n, generator=gen).to(device=device, dtype=DTYPES[dtype]) for _ in range(2))
-    out = torch.empty(n, n, device=device, dtype=DTYPES[dtype])
+    a, b = (torch.rand(n, n, generator=gen).to(device=device, dtype=torch_dtype(dtype)) for _ in range(2))
+    out = torch.empty(n, n, device=device, dtype=torch_dtype(dtype))
     products = {"torch.mm": lambda: torch.mm(a, b, out=out)}
     if device == "cpu" and dtype == "float32" and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
         packed = torch.ops.mkldnn._reorder_linear_weight(b, n)

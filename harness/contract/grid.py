@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.problem import DTYPES, Problem
+from harness.contract.problem import DTYPES, Problem
 
 
 class GridError(ValueError):

@@ -14,7 +14,8 @@ from typing import ClassVar
 
 import torch
 
-from harness.problem import LayerWeights, Problem
+from harness.contract.inputs import LayerWeights
+from harness.contract.problem import Problem
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.agreement import relative_error
-from harness.impl import Impl
-from harness.problem import Problem, dtype_support
-from harness.sequence_task import CHUNK, CONFIGS, Trainer, init_network, problem_for
+from harness.contract.agreement import relative_error
+from harness.contract.impl import Impl
+from harness.contract.problem import Problem, dtype_support
+from harness.example.task import CHUNK, CONFIGS, Trainer, init_network, problem_for
 
 # float64 runs of correct implementations start 1e-16 apart; training amplifies that (measured:
 # up to 3e-12 after 200 Adam iterations, 2e-15 with the seed's SGD and gate clipping; a global

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from harness.agreement import (
+from harness.contract.agreement import (
     SATURATION_TOLERANCES,
     Agreement,
     AgreementError,
@@ -24,7 +24,7 @@ from harness.agreement import (
     new_agreement,
     run_and_compare,
 )
-from harness.grid import (
+from harness.contract.grid import (
     Grid,
     GridError,
     build_problems,
@@ -34,28 +34,25 @@ from harness.grid import (
     resolve_device,
     resolve_grid,
 )
-from harness.impl import Impl
-from harness.isolation import private_copies, written_inputs
-from harness.memory import allocated_bytes, retained, saved_bytes
-from harness.problem import (
+from harness.contract.impl import Impl
+from harness.contract.inputs import (
     AGREEMENT_SET,
-    DTYPES,
-    PHASES,
     SATURATING,
     TIMED_SETS,
     Inputs,
-    Problem,
-    dtype_support,
     make_inputs,
     max_preactivation,
     saturating_inputs,
     saturating_problem,
 )
-from harness.process_state import ProcessState
-from harness.reference import reference_for
-from harness.registry import Registration, Registry, RegistryError, discover
-from harness.roofline import Ceiling, measure_ceiling
-from harness.timing import TimedCalls
+from harness.contract.problem import DTYPES, PHASES, Problem, dtype_support
+from harness.contract.reference import reference_for
+from harness.contract.registry import Registration, Registry, RegistryError, discover
+from harness.measuring.isolation import private_copies, written_inputs
+from harness.measuring.memory import allocated_bytes, retained, saved_bytes
+from harness.measuring.process_state import ProcessState
+from harness.measuring.roofline import Ceiling, measure_ceiling
+from harness.measuring.timing import TimedCalls
 
 
 @dataclass
@@ -70,7 +67,7 @@ class Settings:
     warmup: int = 1
     max_time: float = 1.0
     explicit: dict = field(default_factory=dict)  # axis values given on the command line
-    allocator: str = ""  # what harness.allocator did, recorded with the results
+    allocator: str = ""  # what harness.measuring.allocator did, recorded with the results
 
     @classmethod
     def from_options(cls, get, registry: Registry | None = None) -> Settings:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.problem import PHASES
-from harness.pytest_plugin import RESULTS_KEY
+from harness.contract.problem import PHASES
+from harness.reporting.record import RESULTS_KEY
 
 DEFAULT_STORAGE = Path(".benchmarks")
 PROBLEM_FIELDS = ("batch", "length", "input_size", "hidden", "layers", "dtype", "device")
@@ -38,7 +38,7 @@ class _Foreign(Exception):
 @dataclass
 class Run:
     path: Path
-    environment: dict  # harness.environment.describe() of the machine that ran it
+    environment: dict  # harness.measuring.environment.describe() of the machine that ran it
     settings: dict  # grid, rounds, warm-up ... as the plugin recorded them
     datetime: str
     commit: dict

@@ -10,9 +10,10 @@ from collections.abc import Iterator
 
 import torch
 
-from harness import memory
-from harness.impl import Impl
-from harness.problem import PHASES, Inputs
+from harness.contract.impl import Impl
+from harness.contract.inputs import Inputs
+from harness.contract.problem import PHASES
+from harness.measuring import memory
 
 
 def synchronize(device: str) -> None:
@@ -250,7 +251,7 @@ class TimedCalls:
 
 def probe(calls: TimedCalls, baseline: int | None = None) -> tuple[float, int | None]:
     """One call that the benchmark does not time (also a warm-up): its seconds size the rounds,
-    and on CUDA its peak allocation above `baseline` (harness.memory.peak_bytes) is the phase's
+    and on CUDA its peak allocation above `baseline` (harness.measuring.memory.peak_bytes) is the phase's
     peak memory."""
     args, kwargs = calls.setup()
     seconds = []

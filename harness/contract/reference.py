@@ -12,8 +12,9 @@ import functools
 
 import torch
 
-from harness.impl import Grads, Outputs
-from harness.problem import Inputs, LayerWeights, Problem, input_set
+from harness.contract.impl import Grads, Outputs
+from harness.contract.inputs import Inputs, LayerWeights, input_set
+from harness.contract.problem import Problem
 
 
 def lstm_forward(x, h0, c0, weights: list[LayerWeights]):

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from harness.impl import Impl
-from harness.problem import LayerWeights, Problem
+from harness.contract.impl import Impl
+from harness.contract.inputs import LayerWeights
+from harness.contract.problem import Problem
 
 CHUNK = 320
 INPUT_SIZE = 1  # the input is all zeros; its width does not matter, so keep it minimal

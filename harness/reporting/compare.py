@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import mannwhitneyu
 
-from harness.problem import Problem, ProblemError
-from harness.results import PROBLEM_FIELDS, ResultsError, load_results
+from harness.contract.problem import Problem, ProblemError
+from harness.reporting.results import PROBLEM_FIELDS, ResultsError, load_results
 
 PROG = "harness.report --compare"
 ALPHA = 0.01  # significance of every test

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.problem import Inputs, LayerWeights
+from harness.contract.inputs import Inputs, LayerWeights
 
 
 def private_copies(sets: dict[int | str, Inputs]) -> dict[int | str, Inputs]:

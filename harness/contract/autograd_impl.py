@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.impl import Grads, Impl, Outputs
-from harness.problem import LayerWeights
+from harness.contract.impl import Grads, Impl, Outputs
+from harness.contract.inputs import LayerWeights
 
 
 class AutogradImpl(Impl):

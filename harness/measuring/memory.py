@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.impl import Impl
-from harness.problem import Inputs
+from harness.contract.impl import Impl
+from harness.contract.inputs import Inputs
 
 
 def _storages(tensors) -> dict[int, int]:

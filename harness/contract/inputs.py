@@ -1,4 +1,4 @@
-"""One grid point (`Problem`) and the seeded canonical tensors every implementation receives.
+"""The seeded canonical tensors every implementation receives for a Problem, and its input sets.
 
 Canonical layout is torch.nn.LSTM's: time-major x[T, B, I], h0/c0[L, B, H], and per layer
 W_ih[4H, I_l], W_hh[4H, H], b_ih[4H], b_hh[4H] with gates ordered i, f, g, o.
@@ -6,98 +6,12 @@ W_ih[4H, I_l], W_hh[4H, H], b_ih[4H], b_hh[4H] with gates ordered i, f, g, o.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
 import torch
 
-# Storage dtype per precision mode. Kept here so the problem, the agreement table and the
-# option parser all agree on which modes exist. tf32 stores float32 and lets cuBLAS and cuDNN
-# round GEMM inputs to TF32 on tensor cores.
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64, "tf32": torch.float32,
-                                  "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def dtype_support(device: str, dtype: str) -> tuple[bool, str]:
-    """Whether `device` runs precision mode `dtype` as a real mode (not an emulation), and why not."""
-    if dtype in ("float32", "float64"):
-        return True, ""
-    if dtype == "bfloat16":
-        if device == "cpu" or torch.cuda.is_bf16_supported():
-            return True, ""
-        return False, "bfloat16 needs a GPU of compute capability 8.0 or newer"
-    if device == "cpu":
-        return False, f"{dtype} is a GPU mode (the CPU would emulate it, not run it)"
-    if dtype == "tf32" and torch.cuda.get_device_capability()[0] < 8:
-        return False, "tf32 needs tensor cores of compute capability 8.0 or newer"
-    return True, ""
-DEVICES = ("cpu", "cuda")
-PHASES = ("forward", "backward", "total")
-
-
-class ProblemError(ValueError):
-    """A problem field is out of range; the message names the field."""
-
-
-@dataclass(frozen=True)
-class Problem:
-    batch: int
-    length: int
-    input_size: int
-    hidden: int
-    layers: int
-    dtype: str = "float32"
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        for name in ("batch", "length", "input_size", "hidden", "layers"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ProblemError(f"{name} must be a positive integer, got {value!r}")
-        if self.dtype not in DTYPES:
-            raise ProblemError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.device not in DEVICES:
-            raise ProblemError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
-
-    @property
-    def id(self) -> str:
-        return (f"B{self.batch}-T{self.length}-I{self.input_size}-H{self.hidden}"
-                f"-L{self.layers}-{self.dtype}-{self.device}")
-
-    @property
-    def shape(self) -> str:
-        """Human-readable shape for report headings."""
-        return (f"batch {self.batch}, length {self.length}, {self.layers} layer(s), "
-                f"input {self.input_size}, hidden {self.hidden}, {self.dtype}")
-
-    def layer_input_size(self, layer: int) -> int:
-        return self.input_size if layer == 0 else self.hidden
-
-    def flops(self, phase: str) -> int:
-        """GEMM FLOPs of one phase. Forward per layer: 2*T*B*4H*(I_l + H).
-
-        Backward does the four GEMM families of the same sizes (dx, dh, dW_ih, dW_hh):
-        twice the forward. Element-wise gate math is not counted.
-        """
-        forward = sum(
-            2 * self.length * self.batch * 4 * self.hidden * (self.layer_input_size(l) + self.hidden)
-            for l in range(self.layers)
-        )
-        factor = {"forward": 1, "backward": 2, "total": 3}
-        if phase not in factor:
-            raise ValueError(f"unknown phase {phase!r}; phases are {', '.join(PHASES)}")
-        return forward * factor[phase]
-
-    def replace(self, **changes) -> Problem:
-        return dataclasses.replace(self, **changes)
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+from harness.contract.problem import Problem
 
 
 @dataclass

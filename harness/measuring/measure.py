@@ -15,14 +15,15 @@ import traceback
 import pytest
 import torch
 
-from harness.agreement import AgreementError
-from harness.memory import PEAK_INCLUDES, retained
-from harness.problem import PHASES, TIMED_SETS, Problem
-from harness.process_state import ProcessState
-from harness.reference import reference_for
-from harness.registry import Registration
-from harness.session import BenchSession
-from harness.timing import TimedCalls, choose_rounds, precision, probe, synchronize
+from harness.contract.agreement import AgreementError
+from harness.contract.inputs import TIMED_SETS
+from harness.contract.problem import PHASES, Problem
+from harness.contract.reference import reference_for
+from harness.contract.registry import Registration
+from harness.measuring.memory import PEAK_INCLUDES, retained
+from harness.measuring.process_state import ProcessState
+from harness.measuring.session import BenchSession
+from harness.measuring.timing import TimedCalls, choose_rounds, precision, probe, synchronize
 
 # Out of memory, whichever library ran out: torch's error is a RuntimeError; CuPy's
 # (cupy.cuda.memory.OutOfMemoryError) and Python's own for the host are MemoryErrors.

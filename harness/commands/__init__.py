@@ -1,0 +1,1 @@
+"""`python -m harness <command>`: one module per command."""

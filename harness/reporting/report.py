@@ -1,0 +1,334 @@
+"""`python -m harness.report [RESULTS.json ...]`: the seed's tables from benchmark results.
+
+One table per problem, `| Code | Forward (ms) | Backward (ms) | Total (ms) |` with medians,
+the fastest of each column in bold, and speedups against a baseline implementation.
+Writes reports/<name>.md (and --csv FILE), and prints the markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from harness.contract.problem import PHASES
+from harness.reporting.results import DEFAULT_STORAGE, Results, ResultsError, latest_results, load_results
+
+PHASE_TITLES = {"forward": "Forward (ms)", "backward": "Backward (ms)", "total": "Total (ms)"}
+NOISY = 0.10  # IQR / median above this: the row is flagged (torch.utils.benchmark warns at the same)
+NOISE_MARK = "†"
+SUSPECT_PERCENT = 100  # faster than the device's own best GEMM: wrong code or a wrong measurement, not a speed
+SUSPECT_MARK = "‼"
+MISSING = "-"  # a time, rate or speedup that does not exist (the phase crashed or was not run)
+PROBLEM_KEY = ["device_name", "device", "batch", "length", "input_size", "hidden", "layers", "dtype"]
+
+
+def format_ms(value: float) -> str:
+    """Three significant figures without scientific notation."""
+    if pd.isna(value):
+        return "-"
+    for limit, digits in ((100, 0), (10, 1), (1, 2)):
+        if value >= limit:
+            return f"{value:.{digits}f}"
+    return f"{value:.3f}"
+
+
+def format_bytes(value) -> str:
+    if value is None or pd.isna(value):
+        return "-"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if value >= size:
+            return f"{value / size:.1f} {unit}"
+    return f"{int(value)} B"
+
+
+def _speedup(base: float, value: float) -> str:
+    # A crashed or missing phase on either side has no ratio.
+    return MISSING if pd.isna(base) or pd.isna(value) else f"{base / value:.2f}x"
+
+
+def _is_suspect(percent: float) -> bool:
+    return pd.notna(percent) and percent > SUSPECT_PERCENT
+
+
+def _time_cells(medians: pd.DataFrame, noise: pd.DataFrame, suspect: pd.DataFrame, phase: str) -> list[str]:
+    best = medians[phase].min()
+    cells = []
+    for impl, v in medians[phase].items():
+        cell = f"**{format_ms(v)}**" if v == best else format_ms(v)
+        cell += NOISE_MARK if noise.at[impl, phase] > NOISY else ""
+        cells.append(cell + f" {SUSPECT_MARK}" if suspect.at[impl, phase] else cell)
+    return cells
+
+
+def _percent_cell(percent: float) -> str:
+    if pd.isna(percent):
+        return MISSING
+    return f"{percent:.0f}% {SUSPECT_MARK}" if _is_suspect(percent) else f"{percent:.0f}%"
+
+
+def problem_table(rows: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """The seed's table for one problem: median ms per phase, bold minima, speedups."""
+    medians = rows.pivot_table(index="impl", columns="phase", values="median_ms", aggfunc="last")
+    medians = medians.reindex(columns=[p for p in PHASES if p in medians.columns])
+    medians = medians.sort_values("total" if "total" in medians else medians.columns[0])
+    table = pd.DataFrame(index=medians.index)
+
+    def per_phase(values: pd.Series) -> pd.DataFrame:  # impl x phase, aligned with medians
+        return (rows.assign(v=values).pivot_table(index="impl", columns="phase", values="v", aggfunc="last")
+                .reindex(index=medians.index, columns=medians.columns))
+
+    noise = per_phase(rows.iqr_ms / rows.median_ms)
+    suspect = per_phase(rows.percent_of_ceiling.map(_is_suspect).astype(float)).fillna(0).astype(bool)
+    for phase in medians.columns:
+        table[PHASE_TITLES[phase]] = _time_cells(medians, noise, suspect, phase)
+    if baseline in medians.index:
+        for phase in medians.columns:
+            table[f"{phase.capitalize()} vs {baseline}"] = [
+                _speedup(medians.at[baseline, phase], v) for v in medians[phase]]
+    main_phase = "total" if "total" in medians.columns else medians.columns[0]
+    rate = rows[rows.phase == main_phase].set_index("impl").reindex(medians.index)
+    gpu = (rows.device == "cuda").any()
+    unit, scale = ("TFLOP/s", 1e-3) if gpu else ("GFLOP/s", 1)
+    # None, not "-", so the column stays numeric (right-aligned) and to_markdown shows MISSING; object dtype, or
+    # pandas' string dtype would turn the None into NaN.
+    table[f"{main_phase.capitalize()} {unit}"] = pd.Series(
+        [f"{v * scale:.3g}" if pd.notna(v) else None for v in rate.gflops_per_s], index=table.index, dtype=object)
+    if rate.percent_of_ceiling.notna().any():
+        table["% of ceiling"] = [_percent_cell(v) for v in rate.percent_of_ceiling]
+    # Measured once per implementation and problem: any phase's row has it, even when `total` crashed.
+    kept = rows.groupby("impl").saved_bytes.last().reindex(medians.index)
+    if kept.notna().any():
+        table["Kept for backward"] = [format_bytes(v) for v in kept]
+    if gpu and rows.peak_bytes.notna().any():
+        peaks = rows.pivot_table(index="impl", columns="phase", values="peak_bytes", aggfunc="last")
+        for phase in ("forward", "backward"):
+            if phase in peaks:
+                table[f"Peak {phase}"] = [format_bytes(v) for v in peaks[phase].reindex(medians.index)]
+    table.index.name = "Code"
+    return table
+
+
+def _versions(env: dict) -> str:
+    parts = [f"torch {env.get('torch')}", f"CUDA {env.get('torch_cuda') or 'none (CPU build)'}",
+             *([f"driver {env['gpu_driver']}"] if env.get("gpu_driver") else []),
+             f"cuDNN {env.get('cudnn') or 'none'}", f"CuPy {env.get('cupy') or 'not installed'}",
+             f"NumPy {env.get('numpy')}", f"Python {env.get('python')}"]
+    return ", ".join(parts)
+
+
+def _run_lines(results: Results) -> list[str]:
+    lines = []
+    for run in results.runs:
+        env, s = run.environment, run.settings
+        commit = env.get("harness_commit") or "unknown commit"
+        lines += [
+            f"- **Device**: {env.get('device_name')} ({env.get('cpu_count')} CPU cores visible)",
+            f"- **Software**: {_versions(env)}; lstm-harness {env.get('harness')} at {commit}",
+            f"- **Run**: {run.path.name}, {run.datetime}; grid `{s.get('grid', '?')}` ({s.get('grid_about', '')})",
+        ]
+        if s.get("allocator"):
+            lines.append(f"- **Memory allocator**: {s['allocator']}")
+    for run in results.runs:
+        for c in run.settings.get("ceilings", []):
+            lines.append(f"- **Ceiling**: {c['gflops']:.1f} GFLOP/s, measured: {c['how']}; "
+                         "each row's rate counts its phase's GEMM FLOPs (forward 2*T*B*4H*(I+H) per layer, "
+                         "backward twice that)")
+    return lines
+
+
+def _checked_lines(t: pd.DataFrame) -> str:
+    """The checks around timing, where the results file records them (older files do not)."""
+    if t.get("verified_max_error") is None or t["verified_max_error"].isna().all():
+        return ""
+    return (f", then on inputs that drive the gates into saturation (worst {t['saturation_max_error'].max():.1e}), "
+            f"and again on the last timed call of each phase, on other inputs than the first check's "
+            f"(worst {t['verified_max_error'].max():.1e}); the checks cost {t['check_seconds'].sum():.1f} s after "
+            f"timing and {t.drop_duplicates(['impl', 'problem_id'])['saturation_seconds'].sum():.1f} s on the "
+            "saturating inputs, outside every timed region")
+
+
+# What peak_bytes meant before results files said (peak_includes): the call's own transient memory.
+OLD_PEAK_INCLUDES = ("peak allocated by torch's CUDA allocator during the phase, above what was allocated right "
+                     "before the call (written before the results recorded what the number includes)")
+
+
+def _peak_lines(t: pd.DataFrame) -> list[str]:
+    """What the Peak columns count, when any table has them (CUDA rows with a peak)."""
+    rows = t[(t.device == "cuda") & t.peak_bytes.notna()] if "peak_bytes" in t else t.iloc[:0]
+    if rows.empty:
+        return []
+    meanings = rows.peak_includes.fillna(OLD_PEAK_INCLUDES) if "peak_includes" in rows else \
+        pd.Series([OLD_PEAK_INCLUDES])
+    return [f"- **Peak memory** (Peak forward, Peak backward): {'; or '.join(dict.fromkeys(meanings))}"]
+
+
+def _timing_lines(t: pd.DataFrame) -> list[str]:
+    if t.empty:
+        return ["- **Timing**: nothing was timed: every implementation failed or was skipped on every problem "
+                "(each problem's \"Not timed\" list says why)", ""]
+    rounds = f"{int(t['rounds'].min())} to {int(t['rounds'].max())}"
+    warmups = sorted({int(w) for w in t["warmup_rounds"].dropna()}) or ["?"]
+    tol = ", ".join(f"{d} {g:.0e}" for d, g in t.groupby("dtype")["agreement_tolerance"].max().items())
+    backends = t.drop_duplicates(["impl", "backend"])[["impl", "backend", "origin"]]
+    backends.columns = ["Code", "Backend that ran", "Registered from"]
+    return [
+        f"- **Precision**: {', '.join(sorted(t['dtype'].unique()))}; TF32 off for cuDNN and cuBLAS",
+        f"- **Timing**: pytest-benchmark, median of {rounds} rounds after {'/'.join(map(str, warmups))} "
+        "warm-up round(s) (and one untimed probe call); every timed region ends with device completion; "
+        f"{NOISE_MARK} marks a time whose interquartile range is above {NOISY:.0%} of its median; "
+        f"{SUSPECT_MARK} marks a rate above {SUSPECT_PERCENT}% of the measured ceiling (not to be trusted)",
+        f"- **Agreement**: every time below comes from an implementation that first matched the float64 "
+        f"reference on that problem (norm-wise relative error of outputs and all gradients; tolerance "
+        f"{tol}; worst seen {t['agreement_max_error'].max():.1e})" + _checked_lines(t),
+        *_peak_lines(t),
+        "",
+        "## Implementations",
+        "",
+        backends.to_markdown(index=False),
+        "",
+    ]
+
+
+def _keys(frame: pd.DataFrame) -> list[tuple]:
+    return list(dict.fromkeys(tuple(r.values()) for r in frame[PROBLEM_KEY].to_dict("records"))) if len(frame) else []
+
+
+def _problems(results: Results) -> list[dict]:
+    """Every problem with a time or a not-timed entry, in the run's order. Both lists were recorded in
+    test order, so a problem where nothing was timed goes before the next problem the two share."""
+    timed, failed = _keys(results.timings), _keys(results.not_timed)
+    order = list(timed)
+    for i, problem in enumerate(failed):
+        if problem not in order:
+            after = next((q for q in failed[i + 1:] if q in timed), None)
+            order.insert(len(order) if after is None else order.index(after), problem)
+    return [dict(zip(PROBLEM_KEY, p, strict=True)) for p in order]
+
+
+def _of(frame: pd.DataFrame, problem: dict) -> pd.DataFrame:
+    if frame.empty:
+        return frame
+    return frame[(frame[PROBLEM_KEY] == pd.Series(problem)).all(axis=1)]
+
+
+def _noisy_lines(rows: pd.DataFrame) -> list[str]:
+    noisy = rows[rows.iqr_ms / rows.median_ms > NOISY]
+    if noisy.empty:
+        return []
+    return [f"{NOISE_MARK} noisy: interquartile range above {NOISY:.0%} of the median ("
+            + ", ".join(f"{r.impl} {r.phase} {r.iqr_ms / r.median_ms:.0%}" for r in noisy.itertuples())
+            + ")", ""]
+
+
+def _suspect_lines(rows: pd.DataFrame) -> list[str]:
+    """Every phase above the ceiling, not only the one the table's rate column shows."""
+    lines = []
+    for r in rows[rows.percent_of_ceiling.map(_is_suspect)].itertuples():
+        lines += [f"{SUSPECT_MARK} suspect: `{r.impl}` {r.phase} ({format_ms(r.median_ms)} ms) runs at "
+                  f"{r.percent_of_ceiling:.0f}% of the measured ceiling ({r.gflops_per_s:.4g} of "
+                  f"{r.ceiling_gflops:.4g} GFLOP/s): the time exceeds the device's measured GEMM ceiling and "
+                  "should not be trusted (wrong code or a wrong measurement)", ""]
+    return lines
+
+
+def _not_timed_lines(missing: pd.DataFrame) -> list[str]:
+    if missing.empty:
+        return []
+    lines = ["Not timed:", ""]
+    for (impl, outcome, reason), group in missing.groupby(["impl", "outcome", "reason"], sort=False):
+        lines.append(f"- `{impl}` ({', '.join(group.phase)}): {outcome}: {reason}")
+    return lines + [""]
+
+
+def _problem_section(p: dict, rows: pd.DataFrame, missing: pd.DataFrame, baseline: str) -> list[str]:
+    lines = [f"## Batch size = {p['batch']}, Length = {p['length']}", "",
+             f"{p['layers']} layer(s), input {p['input_size']}, hidden {p['hidden']}, {p['dtype']}; "
+             f"{p['device_name']}", ""]
+    if rows.empty:
+        lines += ["No implementation was timed on this problem: every one that ran failed or was skipped "
+                  "(below).", ""]
+    else:
+        lines += [problem_table(rows, baseline).to_markdown(missingval=MISSING), ""]
+        lines += _suspect_lines(rows) + _noisy_lines(rows)
+        if baseline not in set(rows.impl):
+            lines += [f"(no speedup columns: baseline `{baseline}` has no time on this problem)", ""]
+    return lines + _not_timed_lines(missing)
+
+
+def render(results: Results, baseline: str, title: str, figures: list[Path] = (), base: Path = Path(".")) -> str:
+    lines = [f"# LSTM benchmark report: {title}", ""]
+    lines += _run_lines(results) + _timing_lines(results.timings)
+    if figures:
+        lines += ["## Figures", ""]
+        lines += [f"![{f.stem}]({f.relative_to(base).as_posix()})" for f in figures] + [""]
+    for problem in _problems(results):
+        lines += _problem_section(problem, _of(results.timings, problem), _of(results.not_timed, problem), baseline)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", nargs="*", type=Path,
+                        help=f"results JSON files (default: the newest under {DEFAULT_STORAGE}/)")
+    parser.add_argument("--baseline", default="modular", help="implementation the speedups are against")
+    parser.add_argument("--name", help="report name: writes <out-dir>/<name>.md (default: the results file's stem)")
+    parser.add_argument("--out-dir", type=Path, default=Path("reports"), help="where the report goes")
+    parser.add_argument("--csv", type=Path, metavar="FILE", help="also write every timing as a flat CSV table")
+    parser.add_argument("--storage", type=Path, default=DEFAULT_STORAGE, help="where the benchmark run saved")
+    parser.add_argument("--no-plots", action="store_true", help="skip the seaborn figures")
+    parser.add_argument("--compare", nargs=2, type=Path, metavar=("OLD", "NEW"),
+                        help="compare two results files instead: new/old per implementation, problem and phase")
+    parser.add_argument("--fail-above", type=float, metavar="RATIO",
+                        help="with --compare: exit 1 when anything is slower than RATIO (e.g. 1.05) with confidence, "
+                             "when no point is in both runs, or when a point of OLD is missing from NEW")
+    parser.add_argument("--normalize-by", metavar="IMPL",
+                        help="with --compare: divide every time by IMPL's median at the same problem and phase of "
+                             "the same run (e.g. cudnn), so drift of the whole machine between the runs cancels")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="with --fail-above: only report points of OLD missing from NEW instead of failing")
+    args = parser.parse_args(argv)
+    compare_only = {"--fail-above": args.fail_above is not None, "--normalize-by": args.normalize_by is not None,
+                    "--allow-missing": args.allow_missing}
+    if not args.compare and any(compare_only.values()):
+        parser.error(f"{', '.join(k for k, v in compare_only.items() if v)}: only with --compare OLD NEW")
+    if args.fail_above is not None and not 0 < args.fail_above < float("inf"):
+        parser.error(f"--fail-above {args.fail_above}: must be a ratio above 0, e.g. 1.10")
+    if args.allow_missing and args.fail_above is None:
+        parser.error("--allow-missing: only relaxes the gate of --fail-above RATIO, which is not given")
+    if args.compare:
+        from harness.reporting.compare import compare_main
+
+        return compare_main(args.compare, args.fail_above, args.normalize_by, args.allow_missing)
+    try:
+        paths = args.results or [latest_results(args.storage)]
+        results = load_results(paths)
+    except ResultsError as exc:
+        print(f"harness.report: error: {exc}", file=sys.stderr)
+        return 2
+    known = set(results.timings.get("impl", []))
+    if known and args.baseline not in known:
+        print(f"harness.report: error: --baseline {args.baseline!r} has no results; "
+              f"choose from {', '.join(sorted(known))}", file=sys.stderr)
+        return 2
+    name = args.name or paths[0].stem
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    figures = []
+    if not args.no_plots and not results.timings.empty:
+        from harness.reporting.figures import render_figures
+
+        figures = render_figures(results.timings, args.baseline, args.out_dir / f"{name}-figures")
+    text = render(results, args.baseline, name, figures, args.out_dir)
+    out = args.out_dir / f"{name}.md"
+    out.write_text(text)
+    if args.csv:
+        results.timings.drop(columns=["data"], errors="ignore").to_csv(args.csv, index=False)
+    print(text)
+    print(f"(written to {out}{' and ' + str(args.csv) if args.csv else ''})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
