@@ -10,17 +10,11 @@ from collections.abc import Iterator
 
 import torch
 
+from harness.contract.device import synchronize
 from harness.contract.impl import Impl
 from harness.contract.inputs import Inputs
 from harness.contract.problem import PHASES
 from harness.measuring import memory
-
-
-def synchronize(device: str) -> None:
-    """Wait for all queued device work; a GPU timing without this reads far too fast."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-
 
 # torch's per-operation fp32 precision settings (torch 2.9+), by the key each gets in a results row.
 # An operation's own setting wins over its backend's and the global one unless it is "none", so
