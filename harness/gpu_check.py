@@ -1,4 +1,4 @@
-"""`python -m harness.gpu_check`: kept working as it always has; the code lives in harness.commands.gpu_check."""
+"""`python -m harness.gpu_check`: the older form of `python -m harness gpu-check`, kept working."""
 
 import sys
 

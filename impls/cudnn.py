@@ -10,9 +10,10 @@ import functools
 
 import torch
 
-from harness.autograd_impl import AutogradImpl
-from harness.problem import LayerWeights, Problem
-from harness.registry import register
+from harness.contract.autograd_impl import AutogradImpl
+from harness.contract.inputs import LayerWeights
+from harness.contract.problem import Problem
+from harness.contract.registry import register
 
 # Autograd node names that identify the kernel family nn.LSTM dispatched to in training mode.
 _BACKEND_NODES = {

@@ -20,10 +20,11 @@ import functools
 import numpy as np
 import torch
 
-from harness.impl import Grads, Impl, Outputs, Support
-from harness.layout import gate_rows
-from harness.problem import LayerWeights, Problem
-from harness.registry import register
+from harness.contract.impl import Grads, Impl, Outputs, Support
+from harness.contract.inputs import LayerWeights
+from harness.contract.layout import gate_rows
+from harness.contract.problem import Problem
+from harness.contract.registry import register
 
 try:  # optional extra: pip install 'lstm-harness[cuda]'
     import cupy
@@ -98,10 +99,10 @@ def check_cupy(cp, torch_cuda: str | None) -> tuple[bool, str]:
 
 
 @functools.lru_cache(maxsize=1)
-def cupy_usable() -> tuple[bool, str]:
-    """(usable, why not), checked once per process: the check compiles a kernel, and the harness
-    asks for every implementation, problem and report row."""
-    return check_cupy(cupy, torch.version.cuda)
+def cupy_usable() -> Support:
+    """Whether CuPy is usable here, and why not; checked once per process: the check compiles a
+    kernel, and the harness asks for every implementation, problem and report row."""
+    return Support(*check_cupy(cupy, torch.version.cuda))
 
 
 class _TorchAllocator:
@@ -246,7 +247,7 @@ class CupyGateMath:
 
 
 def _on_cupy(problem: Problem) -> bool:
-    return problem.device == "cuda" and cupy_usable()[0]
+    return problem.device == "cuda" and cupy_usable().ok
 
 
 @register
@@ -262,16 +263,16 @@ class CupyLSTM(Impl):
         if problem.dtype == "tf32":
             return Support.no("CuPy's TF32 GEMMs are a process-wide switch (CUPY_TF32), not a per-run mode")
         if problem.device == "cuda":
-            ok, reason = cupy_usable()
-            if not ok:
-                return Support.no(reason)
+            usable = cupy_usable()
+            if not usable.ok:
+                return usable
         return Support.yes()
 
     @classmethod
     def backend(cls, problem: Problem) -> str:
         if _on_cupy(problem):
             return f"CuPy {cupy.__version__} kernels + cuBLAS (CUDA)"
-        why = "device is the CPU" if problem.device == "cpu" else cupy_usable()[1]
+        why = "device is the CPU" if problem.device == "cpu" else cupy_usable().reason
         return f"NumPy {np.__version__} backend ({why})"
 
     def __init__(self, problem: Problem, weights: list[LayerWeights]) -> None:

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import torch
 
-from harness.impl import Grads, Impl, Outputs
-from harness.layout import gate_rows
-from harness.problem import LayerWeights, Problem
-from harness.registry import register
+from harness.contract.impl import Grads, Impl, Outputs
+from harness.contract.inputs import LayerWeights
+from harness.contract.layout import gate_rows
+from harness.contract.problem import Problem
+from harness.contract.registry import register
 
 # A prepacked oneDNN call costs ~20 us however small; it pays from about this width on
 # (measured at batch 4: H=128 addmm 19 us vs 31 us prepacked, H=512 233 us vs 67 us).

@@ -14,9 +14,10 @@ from collections.abc import Callable
 
 import torch
 
-from harness.impl import Grads, Outputs, Support
-from harness.problem import LayerWeights, Problem
-from harness.registry import register
+from harness.contract.impl import Grads, Outputs, Support
+from harness.contract.inputs import LayerWeights
+from harness.contract.problem import Problem
+from harness.contract.registry import register
 from impls.fused import FusedLSTM
 
 

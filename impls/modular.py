@@ -11,9 +11,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from harness.autograd_impl import AutogradImpl
-from harness.problem import LayerWeights, Problem
-from harness.registry import register
+from harness.contract.autograd_impl import AutogradImpl
+from harness.contract.inputs import LayerWeights
+from harness.contract.problem import Problem
+from harness.contract.registry import register
 
 
 def lstm_unit(pre: torch.Tensor, c_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,6 +8,6 @@ crashes or runs out of memory fails that point alone.
 from harness.measuring.measure import measure_phase
 
 
-def test_speed(benchmark, pytestconfig, lstm_case, lstm_session):
-    reg, problem, phase = lstm_case
+def test_speed(benchmark, pytestconfig, lstm_timed_case, lstm_session):
+    reg, problem, phase = lstm_timed_case
     measure_phase(benchmark, pytestconfig, lstm_session, reg, problem, phase)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness.contract.impl import Support
 from harness.contract.problem import DTYPES, Problem, torch_dtype
 from impls import cupy_lstm
 from impls.cupy_lstm import KERNELS, CupyLSTM
@@ -34,7 +35,7 @@ NDARRAY, INDEXER, SCALAR = 1, 2, 3
 def claimed_dtypes() -> list[np.dtype]:
     """The storage dtypes CupyLSTM offers on CUDA when CuPy works there."""
     usable = cupy_lstm.cupy_usable
-    cupy_lstm.cupy_usable = lambda: (True, "")
+    cupy_lstm.cupy_usable = Support.yes
     try:
         names = [d for d in DTYPES if CupyLSTM.supports(Problem(1, 1, 1, 1, 1, dtype=d, device="cuda")).ok]
     finally:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness.contract.impl import Support
 from harness.contract.inputs import make_inputs
 from impls import cupy_lstm
 from impls.cupy_lstm import CupyLSTM, check_cupy, cuda_mismatch
@@ -136,12 +137,13 @@ def test_cupy_usable_checks_the_installed_module_once(monkeypatch, fresh_cache):
     cp = FakeCupy()
     monkeypatch.setattr(cupy_lstm, "cupy", cp)
     monkeypatch.setattr(torch.version, "cuda", "13.0")
-    assert cupy_lstm.cupy_usable() == (True, "") and cupy_lstm.cupy_usable() == (True, "")
+    assert cupy_lstm.cupy_usable() == Support.yes() and cupy_lstm.cupy_usable() == Support.yes()
     assert cp.compiled == ["lstm_harness_probe"]
 
 
 def test_cupy_usable_on_this_machine_gives_a_reason(fresh_cache):
-    ok, why = cupy_lstm.cupy_usable()
+    usable = cupy_lstm.cupy_usable()
+    ok, why = usable.ok, usable.reason
     assert ok or why.startswith(("CuPy is not installed", "CuPy is installed but sees no CUDA device",
                                  "CuPy cannot query CUDA", "torch is a CPU build"))
 

@@ -19,10 +19,14 @@ def test_default_grid_on_cpu_is_seed_shape_at_512():
     assert {r.name for r in s.impls} >= {"cudnn", "fused", "modular", "cupy"}
 
 
-def test_seed_grid_is_the_seeds_table():
-    problems = build_problems(GRIDS["seed"], "cpu")
+def test_caffe_grid_is_the_caffe_projects_table():
+    problems = build_problems(GRIDS["caffe"], "cpu")
     assert [(p.batch, p.length) for p in problems] == [(20, 100), (4, 100), (20, 20), (4, 20)]
     assert {(p.hidden, p.input_size, p.layers) for p in problems} == {(2048, 2048, 3)}
+
+
+def test_seed_is_an_old_name_of_the_caffe_grid():
+    assert settings(lstm_device="cpu", lstm_grid="seed").grid is GRIDS["caffe"]
 
 
 def test_explicit_values_override_the_grid():

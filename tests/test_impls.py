@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from harness.contract.agreement import check_agreement
+from harness.contract.impl import Support
 from harness.contract.inputs import make_inputs
 from harness.contract.problem import Problem
 from harness.contract.registry import discover
@@ -54,7 +55,7 @@ def test_cupy_without_gpu_runs_numpy_on_cpu_and_declines_cuda(monkeypatch, small
     cls = discover().get("cupy")
     assert cls.supports(small).ok and cls.backend(small).startswith("NumPy ")
     on_cuda = small.replace(device="cuda")
-    monkeypatch.setattr(cupy_lstm, "cupy_usable", lambda: (False, "CuPy is not installed (test)"))
+    monkeypatch.setattr(cupy_lstm, "cupy_usable", lambda: Support.no("CuPy is not installed (test)"))
     support = cls.supports(on_cuda)
     assert not support.ok and "CuPy is not installed" in support.reason
     assert "CuPy is not installed" in cls.backend(on_cuda)

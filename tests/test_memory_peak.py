@@ -224,6 +224,7 @@ def _as_cuda_results(tmp_path, includes: str | None):
     for bench in data["benchmarks"]:
         info = bench["extra_info"]
         info["device"], info["peak_bytes"] = "cuda", 3 * 2**20
+        info["problem_id"] = info["problem_id"].removesuffix("-cpu") + "-cuda"  # the id names the device too
         if includes is not None:
             info["peak_includes"] = includes
     path = tmp_path / "cuda.json"

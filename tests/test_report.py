@@ -5,7 +5,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.reporting.report import format_ms, main
+from harness.report import main
+from harness.reporting.report import format_ms
 from harness.reporting.results import ResultsError, latest_results, load_results
 
 FIXTURE = Path(__file__).parent / "data" / "smoke-results.json"  # a real smoke run, with one mutant

@@ -330,21 +330,25 @@ def summary(check: Check) -> str:
     return tabulate(rows, headers=["step", "status", "seconds", "detail"], tablefmt="github")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m harness.gpu_check", description=__doc__.split("\n\n")[0],
-        epilog="example: PYTHONPATH=. python3 -m harness.gpu_check --out /tmp/gpu-check")
+HELP = "the whole GPU check in one command, offline: every step's log and a summary under --out"
+EXAMPLE = "PYTHONPATH=. python3 -m harness gpu-check --out /tmp/gpu-check"
+
+
+def add_arguments(parser) -> None:
+    from harness.commands import options
+
     parser.add_argument("--out", type=Path, required=True, help="folder for every log, results file and the report")
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
-                        help="auto: CUDA when a GPU is visible, else the CPU (GPU-only steps are then skipped)")
-    parser.add_argument("--budget", type=float, default=420.0,
+    options.add_device(parser, help="auto: CUDA when a GPU is visible, else the CPU (GPU-only steps are then skipped)")
+    parser.add_argument("--budget", type=options.positive(float), default=420.0,
                         help="seconds for all steps together (default 420); each step also has its own cap")
-    parser.add_argument("--max-time", type=float, default=0.3, help="--lstm-max-time of the timed steps")
+    parser.add_argument("--max-time", type=options.positive(float), default=0.3,
+                        help="--lstm-max-time of the timed steps")
     parser.add_argument("--no-plots", action="store_true", help="report without figures")
     parser.add_argument("--step", choices=[name for name, _ in STEPS], help=argparse.SUPPRESS)  # one step, in a child
-    args = parser.parse_args(argv)
-    if not (args.budget > 0 and args.max_time > 0):
-        parser.error("--budget and --max-time must be positive")
+
+
+def run(args) -> int:
+    parser = args.parser
     args.out = args.out.resolve()  # the steps run from the checkout's root
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} is an existing file")
@@ -367,6 +371,14 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "summary.md").write_text(text + "\n")
     print("\n" + text)
     return 1 if any(r["status"] == "failed" for r in check.results) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m harness.gpu_check` (and the steps' child processes): `python -m harness gpu-check`."""
+    from harness.__main__ import main as harness_main
+
+    return harness_main(["gpu-check", *(sys.argv[1:] if argv is None else argv)],
+                        command_prog="python -m harness.gpu_check")
 
 
 if __name__ == "__main__":

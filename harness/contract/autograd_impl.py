@@ -24,7 +24,7 @@ class AutogradImpl(Impl):
         raise NotImplementedError
 
     def parameter_tensors(self) -> list[torch.Tensor]:
-        """Weights, which the saved-bytes measurement does not count as kept activations."""
+        """Every parameter tensor: the memory probe does not count them as kept for backward."""
         return [t for layer in self.parameters() for t in layer.tensors()]
 
     def set_weights(self, weights: list[LayerWeights]) -> None:
@@ -47,12 +47,11 @@ class AutogradImpl(Impl):
                 raise NotImplementedError(f"{self.name} cannot clip gate gradients inside backward")
             for pre in self._gate_inputs:
                 pre.register_hook(lambda grad: grad.clamp(-gate_clip, gate_clip))
-        params = [t for layer in self.parameters() for t in layer.tensors()]
+        params = self.parameter_tensors()
         # Autograd returns None for a tensor that did not take part; a zero gradient is right.
         grads = torch.autograd.grad(self._outputs, self._leaves + params, (dy, dh_n, dc_n),
                                     allow_unused=True)
         grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, self._leaves + params, strict=True)]
         self._outputs = self._leaves = self._gate_inputs = None  # the graph is spent; free it now
         dx, dh0, dc0, *flat = grads
-        layers = [LayerWeights(*flat[4 * l: 4 * l + 4]) for l in range(len(flat) // 4)]
-        return Grads(dx, dh0, dc0, layers)
+        return Grads(dx, dh0, dc0, LayerWeights.from_flat(flat))

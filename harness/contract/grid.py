@@ -23,13 +23,13 @@ class Grid:
     length: tuple[int, ...]
     hidden: tuple[int, ...]
     layers: tuple[int, ...]
-    input_size: tuple[int, ...] | None  # None: input width equals hidden, as in the seed
+    input_size: tuple[int, ...] | None  # None: input width equals hidden, as in the Caffe project's tables
     about: str
 
 
 GRIDS: dict[str, Grid] = {
-    "seed": Grid("seed", (20, 4), (100, 20), (2048,), (3,), None,
-                 "the seed's table: batch {20,4} x length {100,20}, 3 layers, hidden = input = 2048"),
+    "caffe": Grid("caffe", (20, 4), (100, 20), (2048,), (3,), None,
+                  "the Caffe project's table: batch {20,4} x length {100,20}, 3 layers, hidden = input = 2048"),
     "cpu": Grid("cpu", (20, 4), (100, 20), (512,), (3,), None,
                 "the seed's batch {20,4} x length {100,20} at hidden = input = 512, 3 layers; "
                 "about 2 to 3 minutes on 2 CPU cores"),
@@ -37,12 +37,14 @@ GRIDS: dict[str, Grid] = {
                   "tiny: batch {5,2} x length {7,3}, 2 layers, input 12, hidden 16; seconds, for CI"),
 }
 GRID_CHOICES = ("auto", *GRIDS)
+# Older names still accepted for --lstm-grid: "seed" was the caffe grid's name.
+GRID_ALIASES = {"seed": "caffe"}
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
 def default_grid(device: str) -> Grid:
-    """The seed's own shapes on a GPU; the CPU-sized variant on the CPU."""
-    return GRIDS["seed" if device == "cuda" else "cpu"]
+    """The Caffe project's own shapes on a GPU; the CPU-sized variant on the CPU."""
+    return GRIDS["caffe" if device == "cuda" else "cpu"]
 
 
 def parse_positive_ints(option: str, text: str | None) -> tuple[int, ...] | None:
@@ -108,6 +110,7 @@ def resolve_device(option: str, text: str) -> str:
 def resolve_grid(option: str, name: str, device: str) -> Grid:
     if name == "auto":
         return default_grid(device)
+    name = GRID_ALIASES.get(name, name)
     if name not in GRIDS:
         raise GridError(f"{option}: unknown grid {name!r}; choose from {', '.join(GRID_CHOICES)}")
     return GRIDS[name]

@@ -88,9 +88,18 @@ class Impl(abc.ABC):
         (autograd ones are measured through saved-tensor hooks). None: cannot say."""
         return None
 
+    def parameter_tensors(self) -> list[torch.Tensor]:
+        """The weights this implementation holds, which the memory probe must not count as kept
+        for backward. Default: none kept apart from activations."""
+        return []
+
     def set_weights(self, weights: list[LayerWeights]) -> None:
-        """Take new canonical weights (a training step). Default: convert them afresh."""
-        self.__init__(self.problem, weights)
+        """Take new canonical weights (a training step). Default: convert them afresh: a new
+        instance of this class is built from `weights` and this object takes over its state
+        (its __dict__), so __init__ never runs again on a live object."""
+        fresh = type(self)(self.problem, weights)
+        self.__dict__.clear()
+        self.__dict__.update(fresh.__dict__)
 
     @abc.abstractmethod
     def forward(self, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor) -> Outputs:

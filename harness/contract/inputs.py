@@ -29,6 +29,15 @@ class LayerWeights:
     def map(self, fn) -> LayerWeights:
         return LayerWeights(*(fn(t) for t in self.tensors()))
 
+    @classmethod
+    def from_flat(cls, tensors) -> list[LayerWeights]:
+        """Per-layer weights from one flat sequence, four tensors a layer in FIELDS order."""
+        tensors = list(tensors)
+        if len(tensors) % len(cls.FIELDS):
+            raise ValueError(f"{len(tensors)} tensors is not a whole number of layers of {len(cls.FIELDS)}")
+        n = len(cls.FIELDS)
+        return [cls(*tensors[i:i + n]) for i in range(0, len(tensors), n)]
+
 
 @dataclass
 class Inputs:

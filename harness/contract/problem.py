@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from harness.contract.impl import Support
 
 # Precision modes and the torch dtype each stores, by name. Kept here so the problem, the
 # agreement table and the option parser all agree on which modes exist. tf32 stores float32 and
@@ -24,21 +28,24 @@ def torch_dtype(dtype: str):
     return getattr(torch, DTYPE_STORAGE[dtype])
 
 
-def dtype_support(device: str, dtype: str) -> tuple[bool, str]:
-    """Whether `device` runs precision mode `dtype` as a real mode (not an emulation), and why not."""
+def dtype_support(device: str, dtype: str) -> Support:
+    """Whether `device` runs precision mode `dtype` as a real mode (not an emulation), and why
+    not: a harness.contract.impl.Support."""
     import torch
 
+    from harness.contract.impl import Support  # imports torch: only when asked
+
     if dtype in ("float32", "float64"):
-        return True, ""
+        return Support.yes()
     if dtype == "bfloat16":
         if device == "cpu" or torch.cuda.is_bf16_supported():
-            return True, ""
-        return False, "bfloat16 needs a GPU of compute capability 8.0 or newer"
+            return Support.yes()
+        return Support.no("bfloat16 needs a GPU of compute capability 8.0 or newer")
     if device == "cpu":
-        return False, f"{dtype} is a GPU mode (the CPU would emulate it, not run it)"
+        return Support.no(f"{dtype} is a GPU mode (the CPU would emulate it, not run it)")
     if dtype == "tf32" and torch.cuda.get_device_capability()[0] < 8:
-        return False, "tf32 needs tensor cores of compute capability 8.0 or newer"
-    return True, ""
+        return Support.no("tf32 needs tensor cores of compute capability 8.0 or newer")
+    return Support.yes()
 DEVICES = ("cpu", "cuda")
 PHASES = ("forward", "backward", "total")
 

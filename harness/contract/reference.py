@@ -53,7 +53,7 @@ def compute_reference(inputs: Inputs) -> tuple[Outputs, Grads]:
         y, h_n, c_n = lstm_forward(ref.x, ref.h0, ref.c0, ref.weights)
         grads = torch.autograd.grad([y, h_n, c_n], leaves, [ref.dy, ref.dh_n, ref.dc_n])
     dx, dh0, dc0, *flat = grads
-    per_layer = [LayerWeights(*flat[4 * l: 4 * l + 4]) for l in range(len(ref.weights))]
+    per_layer = LayerWeights.from_flat(flat)
     return Outputs(y.detach(), h_n.detach(), c_n.detach()), Grads(dx, dh0, dc0, per_layer)
 
 

@@ -1,4 +1,5 @@
-"""`python -m harness.sequence`: the seed's example through any registered implementation.
+"""The seed's example through any registered implementation (its command line: `python -m harness sequence`,
+harness.commands.sequence).
 
 Trains an LSTM (+ a linear head) to generate the seed's fixed sequence from zero input, then
 generates it step by step, and writes per configuration and implementation:
@@ -9,8 +10,7 @@ Several implementations in one call run side by side and end with a table of ite
 
 from __future__ import annotations
 
-import argparse
-import math
+import json
 import sys
 import time
 from pathlib import Path
@@ -19,11 +19,7 @@ import pandas as pd
 from tabulate import tabulate
 from tqdm import tqdm
 
-from harness.contract.grid import DEVICE_CHOICES, GridError, resolve_device
-from harness.contract.registry import RegistryError, discover
 from harness.example.task import (
-    CLIPPING_MODES,
-    CONFIGS,
     Trainer,
     clipping_for,
     describe_clipping,
@@ -38,80 +34,6 @@ DTYPES = ("float32", "float64")
 
 
 SEED_MAX = 2**63 - 1  # as --lstm-seed: a signed 64-bit seed
-
-
-def number(kind):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        # float() takes nan and inf: nan passes `<= 0`, and either would train to nonsense silently.
-        if kind is float and not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-        return value
-    return parse
-
-
-def positive(kind):
-    def parse(text):
-        value = number(kind)(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-        return value
-    return parse
-
-
-def parse_seed(text):
-    value = number(int)(text)
-    if not 0 <= value <= SEED_MAX:
-        raise argparse.ArgumentTypeError(f"{text!r} is outside 0 to {SEED_MAX}")
-    return value
-
-
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m harness.sequence", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="lstm_short", help=f"one of {', '.join(CONFIGS)}, or 'all'")
-    p.add_argument("--impl", default="fused", help="implementation(s), comma-separated, or 'all' (registered ones)")
-    p.add_argument("--iters", type=positive(int), default=100_000, help="training iterations (the seed: 100000)")
-    p.add_argument("--lr", type=positive(float), help="learning rate (default: the seed's for the configuration)")
-    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="sgd: momentum 0.95, as the seed")
-    p.add_argument("--clipping", choices=CLIPPING_MODES, default="auto",
-                   help="auto: gate clipping inside backward where the implementation can, else global norm")
-    p.add_argument("--norm-clip", type=positive(float), default=1.0, help="threshold of the global-norm clip")
-    p.add_argument("--seed", type=parse_seed, default=0, help="seed of the initial weights")
-    p.add_argument("--dtype", choices=DTYPES, default="float32")
-    p.add_argument("--device", default="auto", help=f"{', '.join(DEVICE_CHOICES)}")
-    p.add_argument("--lstm-plugin", dest="plugins", action="append", default=[], metavar="MODULE")
-    p.add_argument("--out", type=Path, default=Path("reports") / "sequence", help="output folder")
-    p.add_argument("--no-plot", action="store_true", help="skip the figure")
-    p.add_argument("--overwrite", action="store_true", help="replace the output files of an earlier run")
-    args = p.parse_args(argv)
-    try:
-        args.device = resolve_device("--device", args.device)
-        registry = discover(args.plugins)
-    except (GridError, RegistryError) as exc:
-        p.error(str(exc))
-    # Repeats dropped: a second run of the same pair would overwrite the first's files.
-    configs = list(CONFIGS) if args.config == "all" else list(dict.fromkeys(args.config.split(",")))
-    impls = registry.names() if args.impl == "all" else list(dict.fromkeys(args.impl.split(",")))
-    for name in configs:
-        if name not in CONFIGS:
-            p.error(f"--config: unknown configuration {name!r}; choose from {', '.join(CONFIGS)} or all")
-    for name in impls:
-        if name not in registry.names():
-            p.error(f"--impl: unknown implementation {name!r}; known names: {', '.join(registry.names())}")
-    args.configs = [CONFIGS[c] for c in configs]
-    args.impl_classes = [registry.get(n) for n in impls]
-    for cls in args.impl_classes:
-        try:
-            clipping_for(cls, args.clipping)
-        except ValueError as exc:
-            p.error(f"--clipping: {exc}")
-    error = check_outputs(args)
-    if error:
-        p.error(error)
-    return args
 
 
 def output_paths(config, cls, args) -> list[Path]:
@@ -179,10 +101,12 @@ def write_outputs(run: dict, args) -> list[Path]:
     config, cls = run["config"], run["impl"]
     log, losses, *figure = output_paths(config, cls, args)
     args.out.mkdir(parents=True, exist_ok=True)
+    backend = cls.backend(_problem(config, args))
+    training = (f"{args.iters} iterations of {args.optimizer} (lr {run['lr']:g}"
+                f"{', momentum 0.95' if args.optimizer == 'sgd' else ''})")
     header = [
-        f"# {config.name}: {config.about}; implementation {cls.name} ({cls.backend(_problem(config, args))})",
-        f"# {args.iters} iterations of {args.optimizer} (lr {run['lr']:g}"
-        f"{', momentum 0.95' if args.optimizer == 'sgd' else ''}), {args.dtype}, seed {args.seed}, {args.device}",
+        f"# {config.name}: {config.about}; implementation {cls.name} ({backend})",
+        f"# {training}, {args.dtype}, seed {args.seed}, {args.device}",
         f"# clipping: {run['clipping']}",
         f"# NMSE {run['nmse']:.6f}; final loss {run['losses'][-1]:.6f}; {run['seconds']:.1f} s, "
         f"{run['it_per_s']:.1f} iterations/s",
@@ -190,8 +114,18 @@ def write_outputs(run: dict, args) -> list[Path]:
     ]
     rows = [f"{t:.6f} {p:.6f}" for t, p in zip(run["target"].tolist(), run["prediction"].tolist(), strict=True)]
     log.write_text("\n".join(header + rows) + "\n")
+    # The header's values as data, so a figure drawn from the log need not parse the text above.
+    from harness.example.plot import header_path
+
+    sidecar = header_path(log)
+    sidecar.write_text(json.dumps({
+        "config": config.name, "about": config.about, "impl": cls.name, "backend": backend, "training": training,
+        "iterations": args.iters, "optimizer": args.optimizer, "lr": run["lr"], "dtype": args.dtype,
+        "seed": args.seed, "device": args.device, "clipping": run["clipping"], "nmse": run["nmse"],
+        "final_loss": run["losses"][-1], "seconds": run["seconds"], "it_per_s": run["it_per_s"],
+    }, indent=1) + "\n")
     pd.DataFrame({"iteration": range(1, len(run["losses"]) + 1), "loss": run["losses"]}).to_csv(losses, index=False)
-    written = [log, losses]
+    written = [log, sidecar, losses]
     if figure:
         from harness.example.plot import replot
 
@@ -205,8 +139,9 @@ def _problem(config, args):
     return problem_for(config, 1, getattr(torch, args.dtype), args.device)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run_all(args) -> int:
+    """Train, generate and write every (configuration, implementation) of the parsed command line
+    (args.configs, args.impl_classes, ...: see harness.commands.sequence); the exit status."""
     runs = []
     for config in args.configs:
         for cls in args.impl_classes:
@@ -225,7 +160,3 @@ def main(argv=None) -> int:
                          f"{r['losses'][-1]:.6f}"] for r in runs],
                        headers=["config", "impl", "iterations/s", "NMSE", "final loss"]))
     return 0 if runs else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

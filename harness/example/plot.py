@@ -1,12 +1,12 @@
 """Figure of one sequence run: the target as dots, the prediction as a line, the loss curve.
 
-`python -m harness.sequence_plot RUN.log ...` redraws figures from a run's log and its
+`python -m harness replot RUN.log ...` (harness.commands.replot) redraws figures from a run's log and its
 -loss.csv, so committed runs can be re-rendered without retraining.
 """
 
 from __future__ import annotations
 
-import sys
+import json
 from pathlib import Path
 
 import matplotlib
@@ -16,6 +16,8 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+
+from harness.reporting.figures import save_figure  # noqa: E402
 
 
 def plot_run(steps: pd.DataFrame, losses: pd.DataFrame, title: str, subtitle: str, path: Path) -> Path:
@@ -28,18 +30,33 @@ def plot_run(steps: pd.DataFrame, losses: pd.DataFrame, title: str, subtitle: st
     sns.lineplot(data=losses, x="iteration", y="loss", ax=bottom, color="tab:blue", linewidth=0.8)
     bottom.set(yscale="log", xlabel="training iteration", ylabel="loss (sum sq. err / 640)", title=subtitle)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
+
+
+def header_path(log: Path) -> Path:
+    """The JSON sidecar beside a run log that holds its header's values (RUN.log -> RUN.json)."""
+    return log.with_suffix(".json")
+
+
+def short_clipping(clipping: str) -> str:
+    """A clipping description without its details: what a figure's subtitle shows."""
+    return clipping.split(" (")[0].split(" inside")[0]
+
+
+def titles_from_header(header: dict) -> tuple[str, str]:
+    """Figure titles from a run's header values (the sidecar harness.example.command.write_outputs writes)."""
+    about = header["about"].split(";", 1)[0]
+    return (f"{header['config']} ({about}) through `{header['impl']}`: NMSE {header['nmse']:.6f}",
+            f"{header['training']}; clipping: {short_clipping(header['clipping'])}")
 
 
 def titles(header: list[str]) -> tuple[str, str]:
-    """Figure titles from a run log's header lines (see harness.example.command.write_outputs)."""
+    """Figure titles parsed from a run log's header lines: for logs written before the sidecar."""
     name, rest = header[0].lstrip("# ").split(": ", 1)
     impl = rest.split("implementation ", 1)[1].split(" ", 1)[0]
     nmse = header[3].lstrip("# ").split(";", 1)[0]
     training = header[1].lstrip("# ").split(", float", 1)[0]
-    clipping = header[2].lstrip("# ").replace("clipping: ", "").split(" (")[0].split(" inside")[0]
+    clipping = short_clipping(header[2].lstrip("# ").replace("clipping: ", ""))
     return f"{name} ({rest.split(';', 1)[0]}) through `{impl}`: {nmse}", f"{training}; clipping: {clipping}"
 
 
@@ -49,9 +66,6 @@ def replot(log: Path) -> Path:
     steps = pd.DataFrame([map(float, l.split()) for l in lines[start + 1:]], columns=["target", "prediction"])
     steps.insert(0, "step", range(len(steps)))
     losses = pd.read_csv(log.parent / f"{log.stem}-loss.csv")
-    return plot_run(steps, losses, *titles(lines[:start]), log.with_suffix(".png"))
-
-
-if __name__ == "__main__":
-    for arg in sys.argv[1:]:
-        print(replot(Path(arg)))
+    sidecar = header_path(log)
+    heading = titles_from_header(json.loads(sidecar.read_text())) if sidecar.is_file() else titles(lines[:start])
+    return plot_run(steps, losses, *heading, log.with_suffix(".png"))

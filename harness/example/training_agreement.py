@@ -19,10 +19,10 @@ from harness.example.task import CHUNK, CONFIGS, Trainer, init_network, problem_
 CURVE_TOLERANCE = 1e-9
 WEIGHT_TOLERANCE = 1e-9
 
-# The two training set-ups checked: the seed's (SGD, momentum, gate clipping), which only
+# The two training set-ups checked: the Caffe project's (SGD, momentum, gate clipping), which only
 # implementations that clip inside backward can run, and one every implementation can run.
 SETUPS = {
-    "seed": {"optimizer": "sgd", "clipping": "gate", "lr": None},
+    "caffe": {"optimizer": "sgd", "clipping": "gate", "lr": None},
     "adam": {"optimizer": "adam", "clipping": "none", "lr": 1e-3},
 }
 
@@ -37,7 +37,7 @@ class TrainingRun:
 def training_problem(device: str, config: str = "lstm_short") -> Problem | None:
     """The problem every training step of `config` builds, in float64 on `device` (what decides
     which implementations can train there); None where the device has no real float64."""
-    if not dtype_support(device, "float64")[0]:
+    if not dtype_support(device, "float64").ok:
         return None  # the tolerances above are float64's
     return problem_for(CONFIGS[config], CHUNK, torch.float64, device)
 

@@ -9,6 +9,7 @@ reference, inputs and state checked again. A failed check anywhere discards the 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import traceback
 
@@ -24,6 +25,7 @@ from harness.measuring.memory import PEAK_INCLUDES, retained
 from harness.measuring.process_state import ProcessState
 from harness.measuring.session import BenchSession
 from harness.measuring.timing import TimedCalls, choose_rounds, precision, probe, synchronize
+from harness.reporting.record import Measurement, NotTimed
 
 # Out of memory, whichever library ran out: torch's error is a RuntimeError; CuPy's
 # (cupy.cuda.memory.OutOfMemoryError) and Python's own for the host are MemoryErrors.
@@ -53,10 +55,10 @@ def discard_point(benchmark, config, session: BenchSession, reg: Registration, p
     why = f"failed its check ({check.check})" if check is not None else "did not finish"
     for earlier_phase, earlier in session.measured.pop((reg.name, problem), []):
         discard_timing(earlier, config)
-        session.outcomes.append({
-            "impl": reg.name, "phase": earlier_phase, "problem": problem.as_dict(), "problem_id": problem.id,
-            "outcome": "failed", "reason": f"time discarded: the {phase} phase of this point then {why}",
-        })
+        session.outcomes.append(NotTimed(
+            impl=reg.name, phase=earlier_phase, problem=problem, outcome="failed",
+            reason=f"time discarded: the {phase} phase of this point then {why}",
+        ).to_json())
 
 
 def out_of_memory(reg: Registration, problem: Problem, exc: BaseException) -> str:
@@ -126,18 +128,17 @@ def _timed_and_checked(benchmark, config, session: BenchSession, reg: Registrati
     calls.plan(1 if benchmark.disabled else settings.warmup + rounds)
     benchmark.group = f"{problem.id} {phase}"
     agreement = prepared.agreement
-    benchmark.extra_info.update(
-        impl=reg.name, backend=reg.cls.backend(problem), origin=reg.origin, phase=phase,
-        problem_id=problem.id, **problem.as_dict(), flops=problem.flops(phase),
-        agreement_max_error=agreement.max_error, agreement_tolerance=agreement.tolerance,
-        agreement_errors=agreement.errors, saturation_max_error=prepared.saturation.max_error,
-        saturation_check=prepared.saturation.check, saturation_seconds=prepared.saturation.seconds,
-        seed=settings.seed, warmup_rounds=settings.warmup,
+    measurement = Measurement(
+        impl=reg.name, backend=reg.cls.backend(problem), origin=reg.origin, phase=phase, problem=problem,
+        flops=problem.flops(phase), agreement_max_error=agreement.max_error,
+        agreement_tolerance=agreement.tolerance, agreement_errors=agreement.errors,
+        saturation_max_error=prepared.saturation.max_error, saturation_check=prepared.saturation.check,
+        saturation_seconds=prepared.saturation.seconds, seed=settings.seed, warmup_rounds=settings.warmup,
         ceiling_gflops=ceiling.gflops, saved_bytes=session.saved.get((reg.name, problem)),
         peak_bytes=peak, peak_includes=PEAK_INCLUDES if peak is not None else None,
-        threads=before.as_dict()["torch.get_num_threads()"],
-        process_state=before.as_dict(), **flags,
+        threads=before.as_dict()["torch.get_num_threads()"], process_state=before.as_dict(), precision=flags,
     )
+    benchmark.extra_info.update(measurement.to_json())
     # The reference the check needs, made before timing: nothing runs long between the last
     # timed call and its check.
     started = time.perf_counter()
@@ -158,8 +159,9 @@ def _timed_and_checked(benchmark, config, session: BenchSession, reg: Registrati
     if not check.passed:
         discard_point(benchmark, config, session, reg, problem, phase, check)
         raise AgreementError(check)
-    benchmark.extra_info.update(verified=check.check, verified_max_error=check.max_error,
-                                check_seconds=check_seconds + time.perf_counter() - started)
+    measurement = dataclasses.replace(measurement, verified=check.check, verified_max_error=check.max_error,
+                                      check_seconds=check_seconds + time.perf_counter() - started)
+    benchmark.extra_info.update(measurement.to_json())
     if phase == PHASES[-1]:
         session.measured.pop((reg.name, problem), None)  # the point is complete: nothing left to take back
     else:

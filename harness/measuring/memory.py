@@ -38,7 +38,7 @@ def saved_bytes(impl: Impl, inputs: Inputs) -> int | None:
     if not seen:
         return own
     exclude = _storages([inputs.x, inputs.h0, inputs.c0, *(t for w in inputs.weights for t in w.tensors()),
-                         *getattr(impl, "parameter_tensors", lambda: [])()])
+                         *impl.parameter_tensors()])
     return sum(n for ptr, n in seen.items() if ptr not in exclude)
 
 

@@ -4,7 +4,7 @@ Loaded through the `pytest11` entry point into every pytest run of an environmen
 harness is installed, so it stays inert (no discovery, no imports of implementations, nothing
 added to another suite's benchmark JSON) unless the run is the harness's: an --lstm-* option was
 given, a conftest of the run declares LSTM_HARNESS_SUITES (suites/conftest.py does), or a
-collected test asks for the `lstm_point` or `lstm_case` fixtures.
+collected test asks for the `lstm_agreement_point` or `lstm_timed_case` fixtures.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from harness.reporting.record import RESULTS_KEY
+from harness.reporting.record import RESULTS_KEY, NotTimed, RunSection
 
 if TYPE_CHECKING:  # the harness's modules import torch: only a harness run pays for that
     from harness.measuring.session import BenchSession
@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # the harness's modules import torch: only a harness run pays
 SESSION = pytest.StashKey["BenchSession"]()
 # Spelled out here so that loading the plugin imports nothing heavy; tests check them against
 # harness.contract.grid and harness.contract.inputs.
-GRID_NAMES = ("auto", "seed", "cpu", "smoke")
+GRID_NAMES = ("auto", "caffe", "cpu", "smoke")
 DEVICE_NAMES = ("auto", "cpu", "cuda")
 DTYPE_NAMES = ("float32", "float64", "tf32", "bfloat16", "float16")
 # dest -> default, for every option of the harness
@@ -37,7 +37,7 @@ def pytest_addoption(parser):
     group = parser.getgroup("lstm", "LSTM benchmark harness")
     add = group.addoption
     add("--lstm-grid", default="auto", metavar="NAME",
-        help=f"named grid: {', '.join(GRID_NAMES)} (auto: seed on CUDA, cpu on the CPU)")
+        help=f"named grid: {', '.join(GRID_NAMES)} (auto: caffe on CUDA, cpu on the CPU; seed: an old name of caffe)")
     add("--lstm-batch", metavar="N[,N...]", help="batch sizes, replacing the grid's")
     add("--lstm-length", metavar="N[,N...]", help="sequence lengths, replacing the grid's")
     add("--lstm-hidden", metavar="N[,N...]", help="hidden sizes, replacing the grid's")
@@ -92,7 +92,7 @@ def pytest_collection_modifyitems(config, items):
     # A run that collected the speed suite is kept, with raw timings, under .benchmarks/
     # (NNNN_lstm-<grid>-<device>.json) so `python -m harness.report` alone finds the newest.
     bench = getattr(config, "_benchmarksession", None)
-    timed = any("lstm_case" in getattr(item, "fixturenames", ()) for item in items)
+    timed = any("lstm_timed_case" in getattr(item, "fixturenames", ()) for item in items)
     if active(config) and bench is not None and timed and not (bench.save or bench.autosave):
         s = bench_session(config).settings
         bench.autosave = f"lstm-{s.grid.name}-{s.device}"
@@ -121,10 +121,11 @@ def pytest_report_header(config):
 def pytest_generate_tests(metafunc):
     # Parametrised by id strings (resolved by the fixtures below) so the results JSON's
     # "params" stay plain text.
-    if not {"lstm_case", "lstm_point"} & set(metafunc.fixturenames):
+    if not {"lstm_timed_case", "lstm_agreement_point"} & set(metafunc.fixturenames):
         return
     session = activate(metafunc.config)
-    for name, cases in (("lstm_case", session.cases()), ("lstm_point", session.points())):
+    for name, cases in (("lstm_timed_case", session.timed_cases()),
+                        ("lstm_agreement_point", session.agreement_points())):
         if name in metafunc.fixturenames:
             metafunc.parametrize(name, list(cases), indirect=True)
             return
@@ -136,33 +137,32 @@ def lstm_session(request) -> BenchSession:
 
 
 @pytest.fixture
-def lstm_case(request, lstm_session):
+def lstm_timed_case(request, lstm_session):
     """(registration, problem, phase) of one timed measurement."""
-    return lstm_session.cases()[request.param]
+    return lstm_session.timed_cases()[request.param]
 
 
 @pytest.fixture
-def lstm_point(request, lstm_session):
+def lstm_agreement_point(request, lstm_session):
     """(registration, problem) of one agreement check."""
-    return lstm_session.points()[request.param]
+    return lstm_session.agreement_points()[request.param]
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     report = yield
-    case_id = getattr(item, "callspec", None) and item.callspec.params.get("lstm_case")
+    case_id = getattr(item, "callspec", None) and item.callspec.params.get("lstm_timed_case")
     if case_id and active(item.config) and report.when == "call":
         bench_session(item.config).calls_run += 1  # a run that timed nothing at all writes no file
     if case_id and active(item.config) and report.when == "call" and not report.passed:
-        reg, problem, phase = bench_session(item.config).cases()[case_id]
+        reg, problem, phase = bench_session(item.config).timed_cases()[case_id]
         reason = (report.longrepr[2].removeprefix("Skipped: ")
                   if report.skipped and isinstance(report.longrepr, tuple)
                   else getattr(call.excinfo, "value", report.longreprtext))
-        bench_session(item.config).outcomes.append({
-            "impl": reg.name, "phase": phase, "problem": problem.as_dict(), "problem_id": problem.id,
-            "outcome": "skipped" if report.skipped else "failed",
-            "reason": str(reason).strip().splitlines()[0][:300] if str(reason).strip() else "",
-        })
+        bench_session(item.config).outcomes.append(NotTimed(
+            impl=reg.name, phase=phase, problem=problem, outcome="skipped" if report.skipped else "failed",
+            reason=str(reason).strip().splitlines()[0][:300] if str(reason).strip() else "",
+        ).to_json())
     return report
 
 
@@ -182,13 +182,12 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
     # its check after timing never reaches the file, whatever path it took to get here.
     output_json["benchmarks"] = [b for b in output_json.get("benchmarks", [])
                                  if "impl" not in (b.get("extra_info") or {}) or b["extra_info"].get("verified")]
-    output_json[RESULTS_KEY] = {
-        "grid": s.grid.name, "grid_about": s.grid.about, "device": s.device, "seed": s.seed,
-        "warmup": s.warmup, "rounds": s.rounds, "min_rounds": s.min_rounds, "max_time": s.max_time,
-        "allocator": s.allocator,
-        "not_timed": session.outcomes,
-        "ceilings": [c.as_dict() for c in session.ceilings.values()],
-    }
+    output_json[RESULTS_KEY] = RunSection(
+        grid=s.grid.name, grid_about=s.grid.about, device=s.device, seed=s.seed, warmup=s.warmup, rounds=s.rounds,
+        min_rounds=s.min_rounds, max_time=s.max_time, allocator=s.allocator,
+        not_timed=[NotTimed.from_json(entry) for entry in session.outcomes],
+        ceilings=[c.as_dict() for c in session.ceilings.values()],
+    ).to_json()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

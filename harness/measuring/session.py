@@ -91,9 +91,9 @@ class Settings:
                                       ("input_size", "input"), ("layers", "layers"))}
         dtypes = parse_choices("--lstm-dtype", get("lstm_dtype"), list(DTYPES)) or ("float32",)
         for dtype in dtypes:
-            ok, reason = dtype_support(device, dtype)
-            if not ok:
-                raise GridError(f"--lstm-dtype: {dtype} cannot run on {device}: {reason}")
+            support = dtype_support(device, dtype)
+            if not support.ok:
+                raise GridError(f"--lstm-dtype: {dtype} cannot run on {device}: {support.reason}")
         problems = build_problems(grid, device, dtypes, **explicit)
         timing = {
             "rounds": parse_number("--lstm-rounds", get("lstm_rounds"), int, minimum=1),
@@ -153,13 +153,13 @@ class BenchSession:
         self._sets: tuple[Problem, dict[int | str, Inputs]] | None = None
         self._prepared: tuple[tuple[str, Problem], Prepared] | None = None
 
-    def cases(self) -> dict[str, tuple[Registration, Problem, str]]:
+    def timed_cases(self) -> dict[str, tuple[Registration, Problem, str]]:
         """Timed measurements by test id, problem-major so each (implementation, problem) is
         prepared once for its three phases."""
         return {f"{reg.name}-{problem.id}-{phase}": (reg, problem, phase)
                 for problem in self.settings.problems for reg in self.settings.impls for phase in PHASES}
 
-    def points(self) -> dict[str, tuple[Registration, Problem]]:
+    def agreement_points(self) -> dict[str, tuple[Registration, Problem]]:
         """Agreement checks by test id."""
         return {f"{reg.name}-{problem.id}": (reg, problem)
                 for problem in self.settings.problems for reg in self.settings.impls}

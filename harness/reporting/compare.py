@@ -1,4 +1,4 @@
-"""`python -m harness.report --compare OLD.json NEW.json [--fail-above RATIO] [--normalize-by IMPL] [--allow-missing]`.
+"""Run-to-run comparison (`python -m harness compare OLD.json NEW.json`: harness.commands.compare).
 
 Per implementation, problem and phase: the ratio of medians new/old and a verdict from a
 Mann-Whitney U test on the raw per-round timings saved with the results: faster, slower, same,
@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import mannwhitneyu
 
-from harness.contract.problem import Problem, ProblemError
-from harness.reporting.results import PROBLEM_FIELDS, ResultsError, load_results
+from harness.contract.problem import Problem
+from harness.reporting.record import PROBLEM_FIELDS, problem_label
+from harness.reporting.results import ResultsError, load_results
 
 PROG = "harness.report --compare"
 ALPHA = 0.01  # significance of every test
@@ -29,7 +30,11 @@ RESOLVE_BAND = 0.05  # an insignificant change larger than 5 % is "uncertain", n
 MIN_ROUNDS = 3
 ENV_KEYS = ("device_name", "gpu", "gpu_driver", "torch", "torch_cuda", "cudnn", "cupy", "numpy", "python",
             "cpu_model", "torch_threads", "harness", "harness_commit")
-KEY = ["device_name", "problem_id", "impl", "phase"]
+# Rows are matched on structured fields: the Problem's fields, the implementation and the phase, and the
+# device (its kind in the Problem, its name from the environment) when both runs ran on the same one.
+DEVICE_KEY = ["device", "device_name"]
+POINT = [f for f in PROBLEM_FIELDS if f not in DEVICE_KEY]  # what a point is on any device
+KEY = [*POINT, "impl", "phase", *DEVICE_KEY]
 JUDGED = ["ratio", "p", "verdict", "regression"]
 ONE_SIDED = {"left_only": "only in old", "right_only": "only in new"}
 
@@ -60,26 +65,27 @@ def judge(old: list[float], new: list[float], fail_above: float | None = None) -
 
 
 def _timings(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """One run's timings and not-timed points, problem ids without the device suffix, and its environment."""
+    """One run's timings and not-timed points, keyed by structured fields, and its environment."""
     results = load_results([path])
     timings = results.timings.reindex(columns=[*KEY, "median_ms", "data"])
     if not timings.data.map(lambda d: isinstance(d, list) and len(d) > 0).all():
         raise ResultsError(f"{path}: lacks raw timings (stats.data); save runs with --benchmark-json "
                            "or --benchmark-save-data")
-    timings["problem_id"] = timings.problem_id.astype(str).str.replace(r"-(cpu|cuda)$", "", regex=True)
-    not_timed = results.not_timed
-    if not not_timed.empty:
-        ids = not_timed[list(PROBLEM_FIELDS)].apply(_problem_id, axis=1)
-        not_timed = not_timed.assign(problem_id=ids.str.replace(r"-(cpu|cuda)$", "", regex=True))
-    return timings, not_timed, results.runs[0].environment
+    return timings, results.not_timed, results.runs[0].environment
 
 
-def _problem_id(fields: pd.Series) -> str | None:
-    """The id a not-timed point would have had as a timing (None for a point no Problem can be)."""
-    try:
-        return Problem(**{k: v if isinstance(v, str) else int(v) for k, v in fields.items()}).id
-    except (ProblemError, TypeError, ValueError):
-        return None
+def _label(row) -> str:
+    """How a point is named in the table and the messages: its problem without the device."""
+    return problem_label(Problem(**{f: getattr(row, f) if f in POINT else "cpu" for f in PROBLEM_FIELDS}))
+
+
+def _labels(frame: pd.DataFrame) -> pd.Series:
+    return pd.Series([_label(r) for r in frame[POINT].astype(object).itertuples()], index=frame.index, dtype=object)
+
+
+def _devices(timings: pd.DataFrame, not_timed: pd.DataFrame) -> set[tuple]:
+    frames = [f[DEVICE_KEY] for f in (timings, not_timed) if not f.empty]
+    return set(map(tuple, pd.concat(frames).drop_duplicates().to_numpy())) if frames else set()
 
 
 def _normalised(timings: pd.DataFrame, impl: str, point: list[str], path: Path) -> pd.DataFrame:
@@ -93,7 +99,7 @@ def _normalised(timings: pd.DataFrame, impl: str, point: list[str], path: Path) 
     ref = ref.assign(ref_median=ref.data.map(np.median))[[*point, "ref_median"]]
     if not (ref.ref_median > 0).all():
         zero = ref[~(ref.ref_median > 0)].iloc[0]
-        raise CompareError(f"--normalize-by {impl}: {path} times {impl!r} at {zero.problem_id} {zero.phase} "
+        raise CompareError(f"--normalize-by {impl}: {path} times {impl!r} at {_label(zero)} {zero.phase} "
                            "as 0 seconds; nothing can be divided by it")
     out = timings.merge(ref, on=point, how="left")
     out["data"] = [d if pd.isna(m) else list(np.asarray(d) / m) for d, m in zip(out.data, out.ref_median, strict=True)]
@@ -108,7 +114,7 @@ def _check_reference(merged: pd.DataFrame, impl: str, point: list[str], paths: t
         if not lacking.empty:
             where = lacking.groupby(point, sort=False).impl.agg(", ".join).reset_index()
             raise CompareError(f"--normalize-by {impl}: {path} has no timing of {impl!r} at "
-                               + "; ".join(f"{r.problem_id} {r.phase} (needed by {r.impl})"
+                               + "; ".join(f"{_label(r)} {r.phase} (needed by {r.impl})"
                                            for r in where.itertuples()))
 
 
@@ -122,34 +128,37 @@ def _judged(merged: pd.DataFrame, fail_above: float | None, reference: str | Non
     return judged
 
 
-def _why_not_timed(merged: pd.DataFrame, not_timed: pd.DataFrame) -> pd.Series:
+def _why_not_timed(merged: pd.DataFrame, not_timed: pd.DataFrame, key: list[str]) -> pd.Series:
     """For rows only in OLD: NEW's record of why it did not time them (failed agreement, crash ...), if any."""
     if not_timed.empty:
         return pd.Series(pd.NA, index=merged.index, dtype=object)
     why = (not_timed.assign(why=not_timed.outcome + ": " + not_timed.reason)
-           .drop_duplicates(["problem_id", "impl", "phase"])[["problem_id", "impl", "phase", "why"]])
-    found = merged[["problem_id", "impl", "phase"]].merge(why, how="left").why
+           .drop_duplicates(key)[[*key, "why"]])
+    found = merged[key].merge(why, how="left").why
     return found.set_axis(merged.index).where(merged.side == "left_only")
 
 
 def compare(old_path: Path, new_path: Path, fail_above: float | None = None,
             normalize_by: str | None = None) -> tuple[pd.DataFrame, list[str]]:
-    (o, _, env_old), (n, not_timed_new, env_new) = _timings(old_path), _timings(new_path)
+    (o, not_timed_old, env_old), (n, not_timed_new, env_new) = _timings(old_path), _timings(new_path)
     notes = environment_differences(env_old, env_new)
-    # Rows are matched by problem and implementation; a different device is named above, and
-    # its rows are matched on the problem alone so the comparison still happens, openly.
-    key = KEY if not notes else ["problem_id", "impl", "phase"]
+    # Rows are matched by problem fields, implementation and phase, and by device when both runs ran on
+    # the same one; runs on different devices (named above) are matched on the problem alone, so the
+    # comparison still happens, openly.
+    same_device = _devices(o, not_timed_old) == _devices(n, not_timed_new)
+    key = KEY if same_device else [k for k in KEY if k not in DEVICE_KEY]
     point = [k for k in key if k != "impl"]
     if normalize_by is not None:
         o, n = _normalised(o, normalize_by, point, old_path), _normalised(n, normalize_by, point, new_path)
     merged = o.merge(n, on=key, how="outer", suffixes=("_old", "_new"), indicator="side")
     if normalize_by is not None:
         _check_reference(merged, normalize_by, point, (old_path, new_path))
-    table = (merged[["impl", "problem_id", "phase", "median_ms_old", "median_ms_new"]]
-             .rename(columns={"problem_id": "problem", "median_ms_old": "old_ms", "median_ms_new": "new_ms"})
+    table = (merged[["impl", "phase", "median_ms_old", "median_ms_new"]]
+             .rename(columns={"median_ms_old": "old_ms", "median_ms_new": "new_ms"})
              .join(_judged(merged, fail_above, normalize_by)))
+    table.insert(1, "problem", _labels(merged))
     table["verdict"] = table.verdict.fillna(merged.side.astype(str).map(ONE_SIDED))
-    table["why"] = _why_not_timed(merged, not_timed_new)
+    table["why"] = _why_not_timed(merged, not_timed_new, key)
     return table, notes
 
 
@@ -204,11 +213,12 @@ def _missing(table: pd.DataFrame, paths: list[Path]) -> str | None:
 
 
 def compare_main(paths: list[Path], fail_above: float | None, normalize_by: str | None = None,
-                 allow_missing: bool = False) -> int:
+                 allow_missing: bool = False, prog: str = PROG) -> int:
+    """Print the comparison and apply the gate; the exit status. prog: the prefix of error lines."""
     try:
         table, notes = compare(paths[0], paths[1], fail_above, normalize_by)
     except (ResultsError, CompareError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     _print_table(table, notes, normalize_by)
     missing = _missing(table, paths)

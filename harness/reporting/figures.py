@@ -18,7 +18,10 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-SHAPE = ["device_name", "input_size", "hidden", "layers", "dtype"]
+from harness.reporting.record import PROBLEM_FIELDS  # noqa: E402
+
+AXES = ("batch", "length")  # the Problem fields a figure varies; every other one (and the device) is its shape
+SHAPE = ["device_name", *(f for f in PROBLEM_FIELDS if f not in AXES)]
 
 
 def palette(impls) -> dict[str, tuple]:
@@ -55,9 +58,7 @@ def stacked_bars(t: pd.DataFrame, colours: dict, path: Path) -> Path:
         ax.axis("off")
     fig.suptitle(f"Forward and backward time per implementation\n{_shape_title(t)}", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def speedup_heatmaps(t: pd.DataFrame, baseline: str, path: Path) -> Path | None:
@@ -77,9 +78,7 @@ def speedup_heatmaps(t: pd.DataFrame, baseline: str, path: Path) -> Path | None:
         ax.set(title=f"{impl}", xlabel="length (steps)", ylabel="batch")
     fig.suptitle(f"Total-time speedup against {baseline} (above 1: faster)\n{_shape_title(t)}", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def scaling_lines(t: pd.DataFrame, colours: dict, x: str, facet: str, path: Path) -> Path:
@@ -96,7 +95,12 @@ def scaling_lines(t: pd.DataFrame, colours: dict, x: str, facet: str, path: Path
         ax.legend(fontsize=8)
     fig.suptitle(f"Total time against {x}\n{_shape_title(t)}", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: Path, dpi: int = 100) -> Path:
+    """Write `fig` to `path` and close it (pyplot keeps every open figure alive): the one way figures are saved."""
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 

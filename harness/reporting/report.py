@@ -1,4 +1,4 @@
-"""`python -m harness.report [RESULTS.json ...]`: the seed's tables from benchmark results.
+"""The seed's tables from benchmark results (`python -m harness report`: harness.commands.report).
 
 One table per problem, `| Code | Forward (ms) | Backward (ms) | Total (ms) |` with medians,
 the fastest of each column in bold, and speedups against a baseline implementation.
@@ -7,14 +7,13 @@ Writes reports/<name>.md (and --csv FILE), and prints the markdown.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import pandas as pd
 
 from harness.contract.problem import PHASES
-from harness.reporting.results import DEFAULT_STORAGE, Results, ResultsError, latest_results, load_results
+from harness.reporting.record import PROBLEM_FIELDS
+from harness.reporting.results import Results
 
 PHASE_TITLES = {"forward": "Forward (ms)", "backward": "Backward (ms)", "total": "Total (ms)"}
 NOISY = 0.10  # IQR / median above this: the row is flagged (torch.utils.benchmark warns at the same)
@@ -22,7 +21,7 @@ NOISE_MARK = "†"
 SUSPECT_PERCENT = 100  # faster than the device's own best GEMM: wrong code or a wrong measurement, not a speed
 SUSPECT_MARK = "‼"
 MISSING = "-"  # a time, rate or speedup that does not exist (the phase crashed or was not run)
-PROBLEM_KEY = ["device_name", "device", "batch", "length", "input_size", "hidden", "layers", "dtype"]
+PROBLEM_KEY = ["device_name", *PROBLEM_FIELDS]  # a problem of the report: the Problem's fields, on a named device
 
 
 def format_ms(value: float) -> str:
@@ -267,68 +266,3 @@ def render(results: Results, baseline: str, title: str, figures: list[Path] = ()
     for problem in _problems(results):
         lines += _problem_section(problem, _of(results.timings, problem), _of(results.not_timed, problem), baseline)
     return "\n".join(lines).rstrip() + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", nargs="*", type=Path,
-                        help=f"results JSON files (default: the newest under {DEFAULT_STORAGE}/)")
-    parser.add_argument("--baseline", default="modular", help="implementation the speedups are against")
-    parser.add_argument("--name", help="report name: writes <out-dir>/<name>.md (default: the results file's stem)")
-    parser.add_argument("--out-dir", type=Path, default=Path("reports"), help="where the report goes")
-    parser.add_argument("--csv", type=Path, metavar="FILE", help="also write every timing as a flat CSV table")
-    parser.add_argument("--storage", type=Path, default=DEFAULT_STORAGE, help="where the benchmark run saved")
-    parser.add_argument("--no-plots", action="store_true", help="skip the seaborn figures")
-    parser.add_argument("--compare", nargs=2, type=Path, metavar=("OLD", "NEW"),
-                        help="compare two results files instead: new/old per implementation, problem and phase")
-    parser.add_argument("--fail-above", type=float, metavar="RATIO",
-                        help="with --compare: exit 1 when anything is slower than RATIO (e.g. 1.05) with confidence, "
-                             "when no point is in both runs, or when a point of OLD is missing from NEW")
-    parser.add_argument("--normalize-by", metavar="IMPL",
-                        help="with --compare: divide every time by IMPL's median at the same problem and phase of "
-                             "the same run (e.g. cudnn), so drift of the whole machine between the runs cancels")
-    parser.add_argument("--allow-missing", action="store_true",
-                        help="with --fail-above: only report points of OLD missing from NEW instead of failing")
-    args = parser.parse_args(argv)
-    compare_only = {"--fail-above": args.fail_above is not None, "--normalize-by": args.normalize_by is not None,
-                    "--allow-missing": args.allow_missing}
-    if not args.compare and any(compare_only.values()):
-        parser.error(f"{', '.join(k for k, v in compare_only.items() if v)}: only with --compare OLD NEW")
-    if args.fail_above is not None and not 0 < args.fail_above < float("inf"):
-        parser.error(f"--fail-above {args.fail_above}: must be a ratio above 0, e.g. 1.10")
-    if args.allow_missing and args.fail_above is None:
-        parser.error("--allow-missing: only relaxes the gate of --fail-above RATIO, which is not given")
-    if args.compare:
-        from harness.reporting.compare import compare_main
-
-        return compare_main(args.compare, args.fail_above, args.normalize_by, args.allow_missing)
-    try:
-        paths = args.results or [latest_results(args.storage)]
-        results = load_results(paths)
-    except ResultsError as exc:
-        print(f"harness.report: error: {exc}", file=sys.stderr)
-        return 2
-    known = set(results.timings.get("impl", []))
-    if known and args.baseline not in known:
-        print(f"harness.report: error: --baseline {args.baseline!r} has no results; "
-              f"choose from {', '.join(sorted(known))}", file=sys.stderr)
-        return 2
-    name = args.name or paths[0].stem
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    figures = []
-    if not args.no_plots and not results.timings.empty:
-        from harness.reporting.figures import render_figures
-
-        figures = render_figures(results.timings, args.baseline, args.out_dir / f"{name}-figures")
-    text = render(results, args.baseline, name, figures, args.out_dir)
-    out = args.out_dir / f"{name}.md"
-    out.write_text(text)
-    if args.csv:
-        results.timings.drop(columns=["data"], errors="ignore").to_csv(args.csv, index=False)
-    print(text)
-    print(f"(written to {out}{' and ' + str(args.csv) if args.csv else ''})", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

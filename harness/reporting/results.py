@@ -7,19 +7,23 @@ inside is a ResultsError naming the file and the field, never a traceback furthe
 from __future__ import annotations
 
 import json
-import math
-import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from harness.contract.problem import PHASES
-from harness.reporting.record import RESULTS_KEY
+from harness.reporting.record import (
+    PROBLEM_FIELDS,  # noqa: F401  (re-exported: the problem columns of a results table)
+    RESULTS_KEY,
+    Measurement,
+    RecordError,
+    RunSection,
+    SchemaError,
+    read_field,
+    shown,
+)
 
 DEFAULT_STORAGE = Path(".benchmarks")
-PROBLEM_FIELDS = ("batch", "length", "input_size", "hidden", "layers", "dtype", "device")
-PROBLEM_KINDS = {**dict.fromkeys(PROBLEM_FIELDS[:5], "integer"), "dtype": "string", "device": "string"}
 STATS_MS = ("median", "q1", "q3", "iqr", "mean", "min", "stddev")  # seconds in the file, ms in the table
 
 
@@ -27,8 +31,7 @@ class ResultsError(Exception):
     """No results, or a results file that cannot be read or is not ours."""
 
 
-class _Invalid(ValueError):
-    """A field of a results file is missing or of the wrong kind; load_results adds the file's name."""
+_Invalid = RecordError  # a field of a results file is missing or of the wrong kind; load_results adds the file's name
 
 
 class _Foreign(Exception):
@@ -73,52 +76,8 @@ def _read(path: Path) -> dict:
     return data
 
 
-def _is_number(v) -> bool:
-    # bool is an int to Python, not to JSON; NaN and Infinity parse, but are no time or count.
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-KINDS = {  # kind: (test, words for the message)
-    "object": (lambda v: isinstance(v, dict), "an object"),
-    "list": (lambda v: isinstance(v, list), "a list"),
-    "string": (lambda v: isinstance(v, str), "a string"),
-    "integer": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-    "number": (_is_number, "a finite number"),
-    "positive": (lambda v: _is_number(v) and v > 0, "a positive number"),
-    "numbers": (lambda v: isinstance(v, list) and all(map(_is_number, v)), "a list of finite numbers"),
-}
-JSON_NAMES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
-              float: "a number"}
-
-
-def _shown(value) -> str:
-    """A wrong value as the message shows it: its JSON kind and a short repr."""
-    if value is None:
-        return "null"
-    return f"{JSON_NAMES.get(type(value), type(value).__name__)} {reprlib.repr(value)}"
-
-
-def _check(value, kind: str, name: str):
-    test, words = KINDS[kind]
-    if not test(value):
-        raise _Invalid(f"{name!r} must be {words}, not {_shown(value)}")
-    return value
-
-
-def _field(obj: dict, key: str, kind: str, prefix: str = "", optional: bool = False):
-    """obj[key] checked to be of `kind`; an optional field may be absent or null (older files lack it)."""
-    name = prefix + key
-    if key not in obj:
-        if optional:
-            return None
-        raise _Invalid(f"lacks field {name!r}")
-    if obj[key] is None and optional:
-        return None
-    return _check(obj[key], kind, name)
-
-
-def _problem(obj: dict, prefix: str = "") -> dict:
-    return {f: _field(obj, f, PROBLEM_KINDS[f], prefix) for f in PROBLEM_FIELDS}
+_field = read_field
+_shown = shown
 
 
 def _stats(bench: dict) -> dict:
@@ -127,30 +86,17 @@ def _stats(bench: dict) -> dict:
     return out | {"rounds": _field(stats, "rounds", "integer", "stats.")}
 
 
-def _extra(info: dict) -> dict:
-    p = "extra_info."
-    row = {"impl": _field(info, "impl", "string", p), "backend": _field(info, "backend", "string", p),
-           "origin": _field(info, "origin", "string", p, optional=True) or "",
-           "phase": _field(info, "phase", "string", p), "problem_id": _field(info, "problem_id", "string", p),
-           **_problem(info, p), "flops": _field(info, "flops", "number", p),
-           "agreement_max_error": _field(info, "agreement_max_error", "number", p),
-           "agreement_tolerance": _field(info, "agreement_tolerance", "number", p)}
-    if row["phase"] not in PHASES:
-        raise _Invalid(f"'extra_info.phase' must be one of {', '.join(PHASES)}, not {row['phase']!r}")
-    return row
-
-
 def _row(path: Path, bench: dict, device_name: str) -> dict:
-    info = bench["extra_info"]
-    row = {**_extra(info), **_stats(bench),
-           "warmup_rounds": _field(info, "warmup_rounds", "integer", "extra_info.", optional=True),
+    m = Measurement.from_json(bench["extra_info"])
+    row = {"impl": m.impl, "backend": m.backend, "origin": m.origin, "phase": m.phase, "problem_id": m.problem_id,
+           **m.problem.as_dict(), "flops": m.flops, "agreement_max_error": m.agreement_max_error,
+           "agreement_tolerance": m.agreement_tolerance, **_stats(bench), "warmup_rounds": m.warmup_rounds,
            "device_name": device_name, "run": path.name,
-           # Added later: absent from older results files.
-           **{k: _field(info, k, "number", "extra_info.", optional=True)
-              for k in ("ceiling_gflops", "saved_bytes", "peak_bytes", "saturation_max_error", "verified_max_error",
-                        "check_seconds", "saturation_seconds")},
+           # Added later: absent (None) in older results files.
+           **{k: getattr(m, k) for k in ("ceiling_gflops", "saved_bytes", "peak_bytes", "saturation_max_error",
+                                         "verified_max_error", "check_seconds", "saturation_seconds")},
            # What peak_bytes includes (its definition changed; older files lack it).
-           "peak_includes": _field(info, "peak_includes", "string", "extra_info.", optional=True),
+           "peak_includes": m.peak_includes,
            # Raw per-round timings (seconds), kept for --compare's statistical test.
            "data": _field(bench["stats"], "data", "numbers", "stats.", optional=True)}
     row["gflops_per_s"] = row["flops"] / (row["median_ms"] * 1e-3) / 1e9  # median_ms > 0: checked
@@ -174,30 +120,17 @@ def _benchmarks(path: Path, benchmarks: list, device_name: str) -> list[dict]:
     return rows
 
 
-def _not_timed(entries: list, device_name: str, run: str) -> list[dict]:
-    rows = []
-    for index, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise _Invalid(f"not_timed entry #{index} must be an object, not {_shown(entry)}")
-        try:
-            problem = _problem(_field(entry, "problem", "object"), "problem.")
-            rows.append({**{k: _field(entry, k, "string") for k in ("impl", "phase", "outcome", "reason")},
-                         **problem, "device_name": device_name, "run": run})
-        except _Invalid as exc:
-            raise _Invalid(f"not_timed entry #{index}: {exc}") from None
-    return rows
+def _not_timed(section: RunSection, device_name: str, run: str) -> list[dict]:
+    return [{"impl": n.impl, "phase": n.phase, "outcome": n.outcome, "reason": n.reason, **n.problem.as_dict(),
+             "problem_id": n.problem.id, "device_name": device_name, "run": run} for n in section.not_timed]
 
 
-def _settings(data: dict) -> dict:
-    """The harness's own top-level section: not_timed and the ceilings are read from it."""
-    settings = _field(data, RESULTS_KEY, "object", optional=True) or {}
-    _field(settings, "not_timed", "list", f"{RESULTS_KEY}.", optional=True)
-    for index, ceiling in enumerate(_field(settings, "ceilings", "list", f"{RESULTS_KEY}.", optional=True) or []):
-        name = f"{RESULTS_KEY}.ceilings[{index}]"
-        _check(ceiling, "object", name)
-        _field(ceiling, "gflops", "number", name + ".")
-        _field(ceiling, "how", "string", name + ".")
-    return settings
+def _settings(data: dict) -> tuple[RunSection, dict]:
+    """The harness's own top-level section, read through the record (not_timed and the ceilings are read
+    from it), and as the file has it."""
+    raw = data.get(RESULTS_KEY)
+    section = RunSection.from_json(raw)
+    return section, raw if isinstance(raw, dict) else {}
 
 
 def _environment(data: dict) -> dict:
@@ -214,17 +147,19 @@ def _load(path: Path) -> tuple[list[dict], list[dict], Run]:
     data = _read(path)
     try:
         env = _environment(data)
-        settings = _settings(data)
+        section, settings = _settings(data)
         device_name = env.get("device_name") or env.get("device") or "?"
         rows = _benchmarks(path, data["benchmarks"], device_name)
         if data["benchmarks"] and not rows:
             # Our plugin is loaded in every pytest session of this environment: another suite's run has our
             # machine_info too, but none of its benchmarks names an implementation.
             raise _Foreign()
-        not_timed = _not_timed(settings.get("not_timed") or [], device_name, path.name)
+        not_timed = _not_timed(section, device_name, path.name)
         commit = _field(data, "commit_info", "object", optional=True) or {}
     except _Foreign:
         raise ResultsError(f"{path}: not an LSTM harness results file (written by another benchmark suite?)") from None
+    except SchemaError as exc:
+        raise ResultsError(f"{path}: {exc}") from None
     except _Invalid as exc:
         raise ResultsError(f"{path}: {exc}; the file is corrupt or from another tool") from None
     return rows, not_timed, Run(path, env, settings, str(data.get("datetime", "")), commit)

@@ -1,0 +1,63 @@
+"""`python -m harness report [RESULTS.json ...]`: the seed's tables from benchmark results.
+
+One table per problem, `| Code | Forward (ms) | Backward (ms) | Total (ms) |` with medians,
+the fastest of each column in bold, and speedups against a baseline implementation.
+Writes reports/<name>.md (and --csv FILE), and prints the markdown. With no file it takes the
+newest run saved under .benchmarks/.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from harness.commands import options
+
+HELP = "render the seed's tables (markdown, figures, CSV) from benchmark results"
+EXAMPLE = "python -m harness report results.json --baseline cudnn --name run1 --csv run1.csv"
+
+
+def add_arguments(parser) -> None:
+    from harness.reporting.results import DEFAULT_STORAGE
+
+    parser.add_argument("results", nargs="*", type=Path,
+                        help=f"results JSON files (default: the newest under {DEFAULT_STORAGE}/)")
+    parser.add_argument("--baseline", default="modular", help="implementation the speedups are against")
+    parser.add_argument("--name", help="report name: writes <out-dir>/<name>.md (default: the results file's stem)")
+    parser.add_argument("--out-dir", type=Path, default=Path("reports"), help="where the report goes")
+    parser.add_argument("--csv", type=Path, metavar="FILE", help="also write every timing as a flat CSV table")
+    parser.add_argument("--storage", type=Path, default=DEFAULT_STORAGE, help="where the benchmark run saved")
+    parser.add_argument("--no-plots", action="store_true", help="skip the seaborn figures")
+
+
+def run(args) -> int:
+    from harness.reporting.report import render
+    from harness.reporting.results import ResultsError, latest_results, load_results
+
+    prefix = options.error_prefix(args)
+    try:
+        paths = args.results or [latest_results(args.storage)]
+        results = load_results(paths)
+    except ResultsError as exc:
+        print(f"{prefix}: error: {exc}", file=sys.stderr)
+        return 2
+    known = set(results.timings.get("impl", []))
+    if known and args.baseline not in known:
+        print(f"{prefix}: error: --baseline {args.baseline!r} has no results; "
+              f"choose from {', '.join(sorted(known))}", file=sys.stderr)
+        return 2
+    name = args.name or paths[0].stem
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    figures = []
+    if not args.no_plots and not results.timings.empty:
+        from harness.reporting.figures import render_figures
+
+        figures = render_figures(results.timings, args.baseline, args.out_dir / f"{name}-figures")
+    text = render(results, args.baseline, name, figures, args.out_dir)
+    out = args.out_dir / f"{name}.md"
+    out.write_text(text)
+    if args.csv:
+        results.timings.drop(columns=["data"], errors="ignore").to_csv(args.csv, index=False)
+    print(text)
+    print(f"(written to {out}{' and ' + str(args.csv) if args.csv else ''})", file=sys.stderr)
+    return 0
