@@ -11,8 +11,8 @@ from harness.example.training_agreement import (
     SETUPS,
     WEIGHT_TOLERANCE,
     agrees,
-    compare,
     train,
+    training_gaps,
     training_problem,
 )
 
@@ -43,7 +43,7 @@ def test_training_agrees_for_every_pair(lstm_session, setup):
         assert losses[-20:].mean() < 0.5 * losses[:20].mean(), f"{reg.name}: loss did not fall"
     failures = []
     for a, b in itertools.combinations(regs, 2):
-        gaps = compare(trained(a, setup, device), trained(b, setup, device))
+        gaps = training_gaps(trained(a, setup, device), trained(b, setup, device))
         if not agrees(gaps):
             failures.append(f"{a.name} vs {b.name} on {device}: loss curves {gaps['curve']:.2e} "
                             f"(tol {CURVE_TOLERANCE:.0e}), final weights {gaps['weights']:.2e} "

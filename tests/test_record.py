@@ -132,7 +132,7 @@ def test_compare_across_devices_matches_rows_by_structured_fields(tmp_path):
         entry["problem"]["device"] = "cuda"
     other = tmp_path / "cuda.json"
     other.write_text(json.dumps(data))
-    table, notes = compare.compare(FIXTURE, other)
+    table, notes = compare.compare_runs(FIXTURE, other)
     assert any(n.startswith("device_name:") for n in notes)
     assert len(table) == 48 and set(table.verdict) == {"same"}
     assert "B5-T3-I12-H16-L2-float32" in set(table.problem)  # named without the device

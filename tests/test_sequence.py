@@ -8,7 +8,7 @@ from harness.contract.inputs import make_inputs
 from harness.contract.registry import discover
 from harness.example import command as sequence
 from harness.example.task import CONFIGS, GATE_CLIP, clipping_for, init_network, target_sequence
-from harness.example.training_agreement import agrees, compare, train
+from harness.example.training_agreement import agrees, train, training_gaps
 from harness.sequence import main
 
 
@@ -69,8 +69,8 @@ def test_cudnn_refuses_gate_clipping(small):
 
 def test_training_agreement_catches_a_mutant():
     good = train(discover().get("fused"), "caffe", iterations=30)
-    assert agrees(compare(good, train(discover().get("cupy"), "caffe", iterations=30)))
-    gaps = compare(good, train(ForgetBiasOffByOne, "caffe", iterations=30))
+    assert agrees(training_gaps(good, train(discover().get("cupy"), "caffe", iterations=30)))
+    gaps = training_gaps(good, train(ForgetBiasOffByOne, "caffe", iterations=30))
     assert not agrees(gaps) and gaps["curve"] > 1e-4
 
 

@@ -10,7 +10,7 @@ from harness.contract.inputs import make_inputs
 from harness.contract.problem import Problem
 from harness.contract.reference import compute_reference
 from harness.contract.registry import discover
-from harness.example.training_agreement import agrees, compare, train
+from harness.example.training_agreement import agrees, train, training_gaps
 from impls.fused import FusedLSTM
 from impls.fused_graphs import EagerCapture, GraphedFusedLSTM
 
@@ -73,5 +73,5 @@ def test_new_weights_agree_with_the_reference_and_old_weights_are_untouched(cls,
 
 def test_training_through_captured_graphs_agrees_with_fused():
     """What training does: set_weights after every step, which the captured graphs must follow."""
-    gaps = compare(train(GraphsEager, "adam", iterations=5), train(FusedLSTM, "adam", iterations=5))
+    gaps = training_gaps(train(GraphsEager, "adam", iterations=5), train(FusedLSTM, "adam", iterations=5))
     assert agrees(gaps), gaps

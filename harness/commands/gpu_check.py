@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: harness/commands/ is two below it
 SKIP = "skipped"
-# Modes per device: the CPU runs no tf32 or float16 (harness.contract.inputs.dtype_support).
+# Modes per device: the CPU runs no tf32 or float16 (harness.contract.problem.dtype_support).
 MODES = {"cuda": "float32,float64,tf32,bfloat16,float16", "cpu": "float32,float64,bfloat16"}
 
 
@@ -221,7 +221,7 @@ def step_smoke(check: Check) -> str:
 
 def step_seed_points(check: Check) -> str:
     _needs_cuda(check, "hidden 2048 (the seed's shape)")
-    out = check.pytest("seed_points", "suites/test_speed.py", "--benchmark-only", "--lstm-grid", "seed",
+    out = check.pytest("seed_points", "suites/test_speed.py", "--benchmark-only", "--lstm-grid", "caffe",
                        "--lstm-length", "20", "--lstm-max-time", str(check.max_time),
                        "--benchmark-json", str(check.out / "seed.json"),
                        f"--benchmark-storage=file://{check.out / 'benchmarks'}")

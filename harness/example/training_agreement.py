@@ -54,7 +54,7 @@ def train(impl_cls: type[Impl], setup: str = "adam", config: str = "lstm_short",
                        [p.detach().clone() for p in net.parameters()])
 
 
-def compare(a: TrainingRun, b: TrainingRun) -> dict[str, float]:
+def training_gaps(a: TrainingRun, b: TrainingRun) -> dict[str, float]:
     """Largest relative gap of the loss curves, and of any final weight tensor."""
     curve = float((a.losses - b.losses).abs().max() / b.losses.abs().max())
     weights = max(relative_error(x, y.double()) for x, y in zip(a.weights, b.weights, strict=True))

@@ -138,7 +138,7 @@ def _why_not_timed(merged: pd.DataFrame, not_timed: pd.DataFrame, key: list[str]
     return found.set_axis(merged.index).where(merged.side == "left_only")
 
 
-def compare(old_path: Path, new_path: Path, fail_above: float | None = None,
+def compare_runs(old_path: Path, new_path: Path, fail_above: float | None = None,
             normalize_by: str | None = None) -> tuple[pd.DataFrame, list[str]]:
     (o, not_timed_old, env_old), (n, not_timed_new, env_new) = _timings(old_path), _timings(new_path)
     notes = environment_differences(env_old, env_new)
@@ -216,7 +216,7 @@ def compare_main(paths: list[Path], fail_above: float | None, normalize_by: str 
                  allow_missing: bool = False, prog: str = PROG) -> int:
     """Print the comparison and apply the gate; the exit status. prog: the prefix of error lines."""
     try:
-        table, notes = compare(paths[0], paths[1], fail_above, normalize_by)
+        table, notes = compare_runs(paths[0], paths[1], fail_above, normalize_by)
     except (ResultsError, CompareError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
