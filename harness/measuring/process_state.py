@@ -90,13 +90,20 @@ def _fp32_precisions() -> dict[str, tuple[Callable[[], object], Callable[[object
              "torch.backends.cudnn.conv": lambda: backends.cudnn.conv, "torch.backends.mkldnn": lambda: backends.mkldnn,
              **{f"torch.backends.mkldnn.{op}": (lambda op=op: getattr(backends.mkldnn, op))
                 for op in ("matmul", "rnn", "conv")}}
+    return {f"{name}.fp32_precision": (lambda node=node: node().fp32_precision, _setter_of(node, "fp32_precision"))
+            for name, node in with_fp32_precision(nodes).items()}
+
+
+def with_fp32_precision(nodes: dict[str, Callable[[], object]]) -> dict[str, Callable[[], object]]:
+    """The entries of `nodes` (name -> getter of a torch.backends object) whose object has the
+    fp32_precision setting: torch before 2.9 has none, and some builds lack some backends."""
     found = {}
     for name, node in nodes.items():
         try:
             node().fp32_precision  # noqa: B018 - AttributeError where torch predates the API
         except (AttributeError, RuntimeError):
             continue
-        found[f"{name}.fp32_precision"] = (lambda node=node: node().fp32_precision, _setter_of(node, "fp32_precision"))
+        found[name] = node
     return found
 
 

@@ -15,6 +15,7 @@ from harness.contract.impl import Impl
 from harness.contract.inputs import Inputs
 from harness.contract.problem import PHASES
 from harness.measuring import memory
+from harness.measuring.process_state import with_fp32_precision
 
 # torch's per-operation fp32 precision settings (torch 2.9+), by the key each gets in a results row.
 # An operation's own setting wins over its backend's and the global one unless it is "none", so
@@ -35,14 +36,7 @@ REDUCED_PRECISION = ("allow_fp16_reduced_precision_reduction", "allow_bf16_reduc
 
 def fp32_operations() -> dict[str, object]:
     """The per-operation settings this torch has: record key -> the object with `fp32_precision`."""
-    found = {}
-    for key, node in FP32_OPERATIONS.items():
-        try:
-            node().fp32_precision  # noqa: B018 - AttributeError where torch predates the API
-        except (AttributeError, RuntimeError):
-            continue
-        found[key] = node()
-    return found
+    return {key: node() for key, node in with_fp32_precision(FP32_OPERATIONS).items()}
 
 
 def _read_old(read, nodes: list, tries: tuple[str, ...]):
