@@ -47,19 +47,6 @@ def positive(kind=int):
     return number(kind, 1 if kind is int else SMALLEST_POSITIVE)
 
 
-def positive_ints(option: str):
-    """An argparse type for OPTION: '20,4' -> (20, 4), every one a positive integer."""
-    def parse(text):
-        from harness.contract.grid import GridError, parse_positive_ints
-
-        try:
-            return parse_positive_ints(option, text)
-        except GridError as exc:
-            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{option}: ")) from None
-    parse.__name__ = "list of positive integers"
-    return parse
-
-
 def add_device(parser, *, choices: bool = True, aliases=(), help: str | None = None) -> None:
     """--device (and any older spellings): auto, cpu or cuda; resolved by the command (resolve_device)."""
     from harness.contract.grid import DEVICE_CHOICES

@@ -70,33 +70,34 @@ def out_of_memory(reg: Registration, problem: Problem, exc: BaseException) -> st
 def check_agreement_only(session: BenchSession, reg: Registration, problem: Problem):
     """The agreement suite: every check that precedes timing, nothing timed."""
     skip_unless_supported(reg, problem)
+    release = False
     try:
         with precision(problem.dtype):
             return session.validated(reg, problem).agreement
     except AgreementError as exc:
         failure = str(exc)
     except OUT_OF_MEMORY as exc:
-        failure = out_of_memory(reg, problem, exc)
-    if "ran out of memory" in failure:
+        failure, release = out_of_memory(reg, problem, exc), True
+    if release:
         session.release()  # here, not in the except block: its traceback would keep the memory alive
     pytest.fail(failure, pytrace=False)
 
 
 def measure_phase(benchmark, config, session: BenchSession, reg: Registration, problem: Problem, phase: str) -> None:
     """Time one phase of one implementation on one point, or fail (or skip) with the reason."""
-    crashed = None
+    crashed, release = None, False
     try:
         _measure(benchmark, config, session, reg, problem, phase)
     except AgreementError as exc:
         failure = f"not timed: {exc}"
     except OUT_OF_MEMORY as exc:
-        failure = out_of_memory(reg, problem, exc)
+        failure, release = out_of_memory(reg, problem, exc), True
     except Exception as exc:
         traceback.clear_frames(exc.__traceback__)
         crashed = exc
     else:
         return
-    if crashed is not None or "ran out of memory" in failure:
+    if crashed is not None or release:
         session.release()  # here, not in the except block: its traceback would keep the memory alive
     if crashed is not None:
         raise crashed

@@ -156,7 +156,3 @@ class ProcessState:
         # come back with the others.
         now = dict(ProcessState.capture().values)
         return [name for name, value in self.values if now.get(name) != value]
-
-
-class StateChanged(AssertionError):
-    """An implementation changed process-wide state; the message names what changed."""
