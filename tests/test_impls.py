@@ -9,7 +9,7 @@ from harness.contract.registry import discover
 from impls import cupy_lstm
 from impls.cudnn import _detected_backend
 
-BUILTINS = ["cudnn", "fused", "modular", "cupy"]
+BUILTINS = ["cudnn", "fused", "modular", "cupy", "compiled"]
 SHAPES = [
     Problem(batch=5, length=7, input_size=12, hidden=16, layers=2),
     Problem(batch=1, length=1, input_size=3, hidden=4, layers=1),
@@ -75,7 +75,7 @@ def test_fused_without_prepacked_gemms_agrees_too(problem):
     assert agreement.passed and not impl.packed, agreement.table()
 
 
-@pytest.mark.parametrize("name", ["cudnn", "fused", "modular"])
+@pytest.mark.parametrize("name", ["cudnn", "fused", "modular", "compiled"])
 def test_bfloat16_agrees_within_its_own_tolerance(name):
     problem = Problem(batch=5, length=7, input_size=12, hidden=16, layers=2, dtype="bfloat16")
     agreement, _ = check_agreement(discover().get(name), problem)

@@ -345,3 +345,22 @@ def test_valid_json_wrong_inside_is_a_message_naming_file_and_field(tmp_path, ca
     assert not (tmp_path / "out").exists()
     with pytest.raises(ResultsError, match=str(bad)):
         load_results([bad])
+
+
+def test_setup_time_is_a_column_per_implementation(tmp_path):
+    """First problem's construction (a compiler's cold start) and the range over the others; files
+    written before the field have no column."""
+    data = json.loads(FIXTURE.read_text())
+    for bench in data["benchmarks"]:
+        info = bench["extra_info"]
+        first = info["batch"] == 5 and info["length"] == 7
+        info["setup_seconds"] = (20.5 if first else 0.25 * info["batch"]) if info["impl"] == "cudnn" else 0.0004
+    path = tmp_path / "with-setup.json"
+    path.write_text(json.dumps(data))
+    main([str(path), "--out-dir", str(tmp_path), "--name", "s", "--no-plots"])
+    backends = (tmp_path / "s.md").read_text().split("## Implementations")[1].split("## Batch")[0]
+    assert "Setup (s)" in backends and "outside every timed region" in backends
+    assert next(l for l in backends.splitlines() if l.startswith("| cudnn ")).count("20.5 first, then 0.5-1.25") == 1
+    assert "<0.001 first, then <0.001-<0.001" in next(l for l in backends.splitlines() if l.startswith("| fused "))
+    main([str(FIXTURE), "--out-dir", str(tmp_path), "--name", "old", "--no-plots"])
+    assert "Setup (s)" not in (tmp_path / "old.md").read_text()

@@ -8,6 +8,11 @@ under DIR and reports ok, failed or skipped (with the reason); a failed step nev
 ones after it. Without a CUDA device it runs what the CPU can (and says which steps it skipped),
 so the script itself is tested on machines without a GPU.
 
+Every registered implementation takes part in every step that runs implementations: the peers
+(`compiled`, `triton`, and FlashRNN's three backends) too. FlashRNN is not on a bare GPU machine:
+carry it in a folder and put that on PYTHONPATH (`pip install --no-deps --target .gpu-deps flashrnn
+einops`, then `PYTHONPATH=.:.gpu-deps`); without it its rows say "not installed".
+
 Steps: versions; `harness list`; agreement on the smoke grid in every precision mode; agreement
 after set_weights for every implementation; CuPy fed from a busy side stream; the timed smoke
 grid; a few points at the seed's shapes (hidden 2048), timed; the report of both.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import io
 import json
 import os
@@ -92,9 +98,9 @@ def step_versions(check: Check) -> str:
         lines.append(f"cupy CUDA runtime: {cupy.cuda.runtime.runtimeGetVersion()}")
     except Exception as exc:  # noqa: BLE001 - absent or without a device: say so
         lines.append(f"cupy CUDA runtime: unavailable ({type(exc).__name__}: {exc})")
-    for name in ("triton", "pytest_benchmark", "pandas", "seaborn"):
+    for name in ("triton", "flashrnn", "einops", "pytest_benchmark", "pandas", "seaborn"):
         try:
-            lines.append(f"{name}: {__import__(name).__version__}")
+            lines.append(f"{name}: {importlib.metadata.version(name.replace('_', '-'))}")
         except Exception as exc:  # noqa: BLE001
             lines.append(f"{name}: unavailable ({type(exc).__name__})")
     lines.append(f"CUDA visible to torch: {torch.cuda.is_available()}")

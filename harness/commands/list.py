@@ -22,7 +22,12 @@ def list_implementations(device: str, plugins: list[str]) -> str:
     rows = []
     for reg in registry:
         support = reg.cls.supports(probe)
-        here = f"yes: {reg.cls.backend(probe)}" if support.ok else f"no: {support.reason}"
+        if not support.ok:
+            here = f"no: {support.reason}"
+        elif not support.timed:
+            here = f"agreement only: {reg.cls.backend(probe)}; not timed: {support.reason}"
+        else:
+            here = f"yes: {reg.cls.backend(probe)}"
         rows.append([reg.name, reg.cls.description, reg.origin, here])
     return tabulate(rows, headers=["name", "description", "registered from", f"available on {device}"])
 

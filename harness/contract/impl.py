@@ -20,8 +20,12 @@ from harness.contract.problem import Problem
 
 @dataclass(frozen=True)
 class Support:
+    """Whether an implementation can run a problem here. `ok` with `timed` False: it can be checked
+    for agreement but its times would mean nothing (Triton's CPU interpreter, say); `reason` says why."""
+
     ok: bool
     reason: str = ""
+    timed: bool = True
 
     @classmethod
     def yes(cls) -> Support:
@@ -29,7 +33,12 @@ class Support:
 
     @classmethod
     def no(cls, reason: str) -> Support:
-        return cls(False, reason)
+        return cls(False, reason, timed=False)
+
+    @classmethod
+    def check_only(cls, reason: str) -> Support:
+        """Agreement yes, timing no: the speed suite lists it as not timed, with `reason`."""
+        return cls(True, reason, timed=False)
 
 
 @dataclass

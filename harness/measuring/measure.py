@@ -32,10 +32,12 @@ from harness.reporting.record import Measurement, NotTimed
 OUT_OF_MEMORY = (torch.OutOfMemoryError, MemoryError)
 
 
-def skip_unless_supported(reg: Registration, problem: Problem) -> None:
+def skip_unless_supported(reg: Registration, problem: Problem, timed: bool = False) -> None:
     support = reg.cls.supports(problem)
     if not support.ok:
         pytest.skip(f"{reg.name} cannot run {problem.id} here: {support.reason}")
+    if timed and not support.timed:
+        pytest.skip(f"{reg.name} is not timed on {problem.id} here: {support.reason}")
 
 
 def discard_timing(benchmark, config) -> None:
@@ -117,7 +119,7 @@ def _measure(benchmark, config, session: BenchSession, reg: Registration, proble
 def _timed_and_checked(benchmark, config, session: BenchSession, reg: Registration, problem: Problem, phase: str,
                        flags: dict, before: ProcessState) -> None:
     settings = session.settings
-    skip_unless_supported(reg, problem)
+    skip_unless_supported(reg, problem, timed=True)
     ceiling = session.ceiling(problem)  # measured before any implementation is timed
     prepared = session.validated(reg, problem)
     timed_sets = {k: v for k, v in prepared.inputs.items() if k in TIMED_SETS}
@@ -138,6 +140,7 @@ def _timed_and_checked(benchmark, config, session: BenchSession, reg: Registrati
         ceiling_gflops=ceiling.gflops, saved_bytes=session.saved.get((reg.name, problem)),
         peak_bytes=peak, peak_includes=PEAK_INCLUDES if peak is not None else None,
         threads=before.as_dict()["torch.get_num_threads()"], process_state=before.as_dict(), precision=flags,
+        setup_seconds=prepared.setup_seconds,
     )
     benchmark.extra_info.update(measurement.to_json())
     # The reference the check needs, made before timing: nothing runs long between the last

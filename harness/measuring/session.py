@@ -52,7 +52,7 @@ from harness.measuring.isolation import private_copies, written_inputs
 from harness.measuring.memory import allocated_bytes, retained, saved_bytes
 from harness.measuring.process_state import ProcessState
 from harness.measuring.roofline import Ceiling, measure_ceiling
-from harness.measuring.timing import TimedCalls
+from harness.measuring.timing import TimedCalls, synchronize
 
 
 @dataclass
@@ -130,6 +130,7 @@ class Prepared:
     # since and still holds (references, timing buffers): its peak memory is measured above this,
     # so what it allocated at construction or capture counts. None on the CPU.
     memory_baseline: int | None = None
+    setup_seconds: float | None = None  # building `impl`, device completion included
 
     def harness_holds(self, nbytes: int | None) -> None:
         """The harness allocated `nbytes` more since the baseline and keeps them: not the implementation's."""
@@ -211,7 +212,10 @@ class BenchSession:
         before = ProcessState.capture()
         baseline = allocated_bytes(problem.device)  # before the instance: what it allocates is its own
         try:
+            started = time.perf_counter()
             impl = reg.cls(problem, own[AGREEMENT_SET].weights)
+            synchronize(problem.device)
+            setup_seconds = time.perf_counter() - started
             verdict = run_and_compare(impl, own[AGREEMENT_SET], reference,
                                       new_agreement(reg.name, problem, "input set 0"))
             short = saturating_problem(problem)
@@ -239,7 +243,7 @@ class BenchSession:
         if not verdict.passed:
             return None, verdict
         own.pop(SATURATING, None)  # checked: the timed calls never see it
-        return Prepared(impl, own, verdict, saturation, baseline), verdict
+        return Prepared(impl, own, verdict, saturation, baseline, setup_seconds), verdict
 
     def check_after_timing(self, reg: Registration, problem: Problem, prepared: Prepared, calls: TimedCalls,
                            before: ProcessState) -> Agreement:

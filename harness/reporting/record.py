@@ -25,7 +25,7 @@ from harness.contract.problem import PHASES, Problem, ProblemError
 
 RESULTS_KEY = "lstm_harness"  # machine_info[RESULTS_KEY]: the environment; output[RESULTS_KEY]: the run
 SCHEMA_KEY = "schema"  # output[RESULTS_KEY][SCHEMA_KEY]: the version of this record
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: setup_seconds
 ABSENT_SCHEMA = "1.0"  # files written before the version was recorded
 
 PROBLEM_FIELDS = tuple(f.name for f in dataclasses.fields(Problem))
@@ -146,6 +146,7 @@ _MEASUREMENT_KINDS = {
     "seed": ("integer", True), "warmup_rounds": ("integer", True),
     "ceiling_gflops": ("number", True), "saved_bytes": ("number", True), "peak_bytes": ("number", True),
     "peak_includes": ("string", True), "threads": ("integer", True), "process_state": ("object", True),
+    "setup_seconds": ("number", True),
 }
 
 
@@ -181,6 +182,9 @@ class Measurement:
     peak_includes: str | None = None
     threads: int | None = None
     process_state: dict | None = None
+    # Wall time of building the instance that was checked and timed (weight conversion, compilation,
+    # extension builds: whatever __init__ does), measured by the harness, outside every timed region.
+    setup_seconds: float | None = None
     precision: dict = field(default_factory=dict)  # flag name -> value, written flat
     extra: dict = field(default_factory=dict)  # keys of a newer minor version, kept as they were
 

@@ -173,6 +173,9 @@ def _timing_lines(t: pd.DataFrame) -> list[str]:
     tol = ", ".join(f"{d} {g:.0e}" for d, g in t.groupby("dtype")["agreement_tolerance"].max().items())
     backends = t.drop_duplicates(["impl", "backend"])[["impl", "backend", "origin"]]
     backends.columns = ["Code", "Backend that ran", "Registered from"]
+    setup = setup_cells(t)
+    if setup is not None:
+        backends["Setup (s)"] = backends["Code"].map(setup)
     return [
         f"- **Precision**: {', '.join(sorted(t['dtype'].unique()))}; TF32 off for cuDNN and cuBLAS",
         f"- **Timing**: pytest-benchmark, median of {rounds} rounds after {'/'.join(map(str, warmups))} "
@@ -188,7 +191,34 @@ def _timing_lines(t: pd.DataFrame) -> list[str]:
         "",
         backends.to_markdown(index=False),
         "",
+        *(["Setup: the wall time of building each implementation on a problem (weight conversion, compilation, "
+           "extension builds), outside every timed region; at the first problem of the run, then the range over "
+           "the others (compilers cache what they built).", ""] if setup is not None else []),
     ]
+
+
+def setup_cells(t: pd.DataFrame) -> dict[str, str] | None:
+    """Per implementation, the wall time of building it (conversion, compilation, ...) in the run's
+    order of problems: the first problem's (a compiler's cold start) and the range over the others.
+    None when the results predate the field."""
+    if "setup_seconds" not in t or t["setup_seconds"].isna().all():
+        return None
+    cells = {}
+    for impl, group in t.drop_duplicates(["impl", "problem_id"]).groupby("impl", sort=False):
+        seconds = group["setup_seconds"].dropna().tolist()
+        if not seconds:
+            cells[impl] = MISSING
+        elif len(seconds) == 1:
+            cells[impl] = format_seconds(seconds[0])
+        else:
+            rest = seconds[1:]
+            cells[impl] = (f"{format_seconds(seconds[0])} first, then "
+                           f"{format_seconds(min(rest))}-{format_seconds(max(rest))}")
+    return cells
+
+
+def format_seconds(value: float) -> str:
+    return f"{value:.3g}" if value >= 0.001 else "<0.001"
 
 
 def _keys(frame: pd.DataFrame) -> list[tuple]:

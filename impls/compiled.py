@@ -1,0 +1,122 @@
+"""`compiled`: an LSTM as a PyTorch user would write it and hand to torch.compile.
+
+The input projection of all steps is one eager GEMM (both biases folded in); each step, the
+recurrent GEMM and the gate math, is one function compiled by torch.compile (Inductor: C++/OpenMP
+kernels on the CPU, Triton kernels on CUDA), forward and backward (AOTAutograd compiles the
+step's backward graph, autograd chains the steps). Compiling the step rather than the whole
+sequence keeps the compiled graph independent of the length and of the layer count.
+
+Compilation never falls in a timed round: __init__ runs one forward and backward at the problem's
+batch and width on data of its own (untimed; the harness reports construction time as the
+implementation's setup cost). `fullgraph=True`: a graph break or the recompile limit is an
+error, never a silent fallback to eager code under the name `compiled`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import shutil
+import types
+
+import torch
+
+from harness.contract.autograd_impl import AutogradImpl
+from harness.contract.impl import Support
+from harness.contract.inputs import LayerWeights
+from harness.contract.problem import Problem
+from harness.contract.registry import register
+from impls.modular import lstm_unit
+
+
+def lstm_step(x_proj: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_hh: torch.Tensor):
+    """One step: pre-activations x_proj + h @ W_hh^T, then the LSTM unit; returns (h, c)."""
+    return lstm_unit(torch.addmm(x_proj, h, w_hh.t()), c)
+
+
+@functools.cache
+def compiled_step(device: str, dtype: str):
+    """The compiled step for one device and dtype, shared by every instance: shapes it has seen
+    are not compiled again (the second distinct batch or width compiles a dynamic-shape graph
+    that serves the rest). Dynamo caches per code object and allows 8 recompiles of one before
+    it gives up, so each mode gets a code object of its own: a run over several modes would
+    otherwise reach the limit."""
+    code = lstm_step.__code__.replace(co_name=f"lstm_step_{device}_{dtype}")
+    return torch.compile(types.FunctionType(code, lstm_step.__globals__, code.co_name), fullgraph=True)
+
+
+def compile_support(device: str) -> Support:
+    """Whether torch.compile can build kernels for `device` here (cheap checks, no compilation)."""
+    if not hasattr(torch, "compile"):
+        return Support.no(f"torch {torch.__version__} has no torch.compile (needs torch 2.0 or newer)")
+    try:
+        supported = importlib.import_module("torch._dynamo").is_dynamo_supported()
+    except Exception as exc:  # noqa: BLE001 - any failure means this torch cannot compile here
+        return Support.no(f"torch.compile is unusable in this torch: {type(exc).__name__}: {exc}")
+    if not supported:
+        return Support.no(f"torch.compile (Dynamo) does not support this Python with torch {torch.__version__}")
+    if device == "cpu":
+        from torch._inductor import config
+        names = [n for n in config.cpp.cxx if n] or ["g++"]
+        if not any(shutil.which(n) for n in names):
+            return Support.no(f"Inductor needs a C++ compiler for CPU kernels and found none ({', '.join(names)} "
+                              "not on PATH); install one, e.g. apt-get install g++")
+    else:
+        from torch.utils._triton import has_triton
+        if not has_triton():
+            return Support.no("Inductor needs Triton for CUDA kernels: pip install triton")
+    return Support.yes()
+
+
+@register
+class CompiledLSTM(AutogradImpl):
+    name = "compiled"
+    description = ("torch.compile of the LSTM step (recurrent GEMM + gate math), forward and backward; "
+                   "one eager input GEMM for all steps")
+
+    def __init__(self, problem: Problem, weights: list[LayerWeights]) -> None:
+        super().__init__(problem, weights)
+        self.weights = [w.map(lambda t: t.detach().clone().requires_grad_(True)) for w in weights]
+        self._step = compiled_step(problem.device, problem.dtype)
+        self._warm_up()
+
+    @classmethod
+    def supports(cls, problem: Problem) -> Support:
+        return compile_support(problem.device)
+
+    @classmethod
+    def backend(cls, problem: Problem) -> str:
+        kernels = "C++/OpenMP" if problem.device == "cpu" else "Triton"
+        return f"torch.compile, Inductor {kernels} kernels (PyTorch {torch.__version__}, {problem.device})"
+
+    def parameters(self) -> list[LayerWeights]:
+        return self.weights
+
+    def _forward(self, x, h0, c0):
+        T, B = x.shape[:2]
+        layer_input, h_last, c_last = x, [], []
+        for w, h, c in zip(self.weights, h0, c0, strict=True):
+            x_proj = torch.addmm(w.b_ih + w.b_hh, layer_input.reshape(T * B, -1), w.w_ih.t()).view(T, B, -1)
+            steps = []
+            for x_t in x_proj:
+                h, c = self._step(x_t, h, c, w.w_hh)
+                steps.append(h)
+            layer_input = torch.stack(steps)
+            h_last.append(h)
+            c_last.append(c)
+        return layer_input, torch.stack(h_last), torch.stack(c_last)
+
+    def _warm_up(self) -> None:
+        """Compile (or find compiled) the step for this batch, width and dtype: one forward and backward
+        of two steps on seeded data of its own, through the same calls the timed ones make."""
+        p = self.problem
+        generator = torch.Generator().manual_seed(0)
+        bound = p.hidden ** -0.5
+
+        def draw(*shape):
+            t = torch.rand(*shape, generator=generator, dtype=torch.float64) * 2 - 1
+            return (t * bound).to(device=p.device, dtype=p.torch_dtype)
+
+        L, B, H = p.layers, p.batch, p.hidden
+        self.forward(draw(2, B, p.input_size), draw(L, B, H), draw(L, B, H))
+        self.backward(draw(2, B, H), draw(L, B, H), draw(L, B, H))
