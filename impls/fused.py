@@ -177,31 +177,36 @@ class FusedLSTM(Impl):
         layer_input = x
         for l, layer in enumerate(self.layers):
             layer.buffers(T, B, H, x, self.packed)
-            gates, h, c, tanh_c = layer.gates, layer.h, layer.c, layer.tanh_c
             # All T input projections and both biases in one GEMM.
-            gates = layer.gates = layer.input_gemm(layer_input.reshape(T * B, -1),
-                                                   out=layer.gates.view(T * B, 4 * H)).view(T, B, 4 * H)
-            h[0].copy_(h0[l])
-            c[0].copy_(c0[l])
-            # Per-step views made in a few calls up front: at small batches the Python cost of
-            # slicing inside the loop is a visible share of a step.
-            hs, cs, tcs = h.unbind(0), c.unbind(0), tanh_c.unbind(0)
-            sig, g = gates[..., :3 * H].unbind(0), gates[..., 3 * H:].unbind(0)
-            o, i, f = (gates[..., k * H:(k + 1) * H].unbind(0) for k in range(3))
-            tanh = self._tanh
-            for t in range(T):
-                pre = self._recurrent_product(layer, hs[t], gates[t])
-                torch.sigmoid(pre[:, :3 * H], out=sig[t])  # o, i, f
-                tanh(pre[:, 3 * H:], out=g[t])
-                torch.mul(f[t], cs[t], out=cs[t + 1])
-                cs[t + 1].addcmul_(i[t], g[t])
-                tanh(cs[t + 1], out=tcs[t])
-                torch.mul(o[t], tcs[t], out=hs[t + 1])
-            layer_input = h[1:]
+            layer.gates = layer.input_gemm(layer_input.reshape(T * B, -1),
+                                           out=layer.gates.view(T * B, 4 * H)).view(T, B, 4 * H)
+            layer.h[0].copy_(h0[l])
+            layer.c[0].copy_(c0[l])
+            self._forward_steps(layer, T, H)
+            layer_input = layer.h[1:]
         # y aliases the top layer's buffer: valid until the next forward, like any workspace.
         return Outputs(layer_input,
                        torch.stack([layer.h[T] for layer in self.layers]),
                        torch.stack([layer.c[T] for layer in self.layers]))
+
+    def _forward_steps(self, layer: _Layer, T: int, H: int) -> None:
+        """The recurrence of one layer: gates hold the input projections; fills gates (activated),
+        h[1:], c[1:] and tanh_c."""
+        gates = layer.gates
+        # Per-step views made in a few calls up front: at small batches the Python cost of
+        # slicing inside the loop is a visible share of a step.
+        hs, cs, tcs = layer.h.unbind(0), layer.c.unbind(0), layer.tanh_c.unbind(0)
+        sig, g = gates[..., :3 * H].unbind(0), gates[..., 3 * H:].unbind(0)
+        o, i, f = (gates[..., k * H:(k + 1) * H].unbind(0) for k in range(3))
+        tanh = self._tanh
+        for t in range(T):
+            pre = self._recurrent_product(layer, hs[t], gates[t])
+            torch.sigmoid(pre[:, :3 * H], out=sig[t])  # o, i, f
+            tanh(pre[:, 3 * H:], out=g[t])
+            torch.mul(f[t], cs[t], out=cs[t + 1])
+            cs[t + 1].addcmul_(i[t], g[t])
+            tanh(cs[t + 1], out=tcs[t])
+            torch.mul(o[t], tcs[t], out=hs[t + 1])
 
     @torch.no_grad()
     def backward(self, dy, dh_n, dc_n, gate_clip=None) -> Grads:
@@ -212,35 +217,41 @@ class FusedLSTM(Impl):
         d_out = dy
         for l in reversed(range(len(self.layers))):
             layer = self.layers[l]
-            gates, d_gates, c, tanh_c = layer.gates, layer.d_gates, layer.c, layer.tanh_c
-            o, i, f, g = (gates[..., k * H:(k + 1) * H] for k in range(4))
-            # Everything that does not depend on the recurrence, for all T steps at once.
-            # Activation derivatives (fused order): s(1 - s) for o, i, f and 1 - g^2 for g ...
-            deriv = torch.mul(gates, gates)
-            torch.sub(gates[..., :3 * H], deriv[..., :3 * H], out=deriv[..., :3 * H])
-            deriv[..., 3 * H:].neg_().add_(1)
-            # ... folded into what multiplies dh (for o) and dc (for i, f, g) in each step.
-            dh_factor = tanh_c * deriv[..., :H]
-            dc_factor = torch.stack([g * deriv[..., H:2 * H], c[:T] * deriv[..., 2 * H:3 * H],
-                                     i * deriv[..., 3 * H:]], dim=2)  # [T, B, 3, H]
-            dc_dh = (1 - tanh_c * tanh_c).mul_(o)  # dc_t/dh_t
-            dh = dh_n[l] + d_out[T - 1]
-            dc = dc_n[l].clone()
-            for t in reversed(range(T)):
-                da = d_gates[t]  # canonical order: i, f, g, then o
-                dc.addcmul_(dh, dc_dh[t])
-                torch.mul(dc_factor[t], dc.unsqueeze(1), out=da[:, :3 * H].view(B, 3, H))  # i, f, g
-                torch.mul(dh, dh_factor[t], out=da[:, 3 * H:])  # o
-                if gate_clip is not None:
-                    da.clamp_(-gate_clip, gate_clip)
-                dc.mul_(f[t])  # dc_{t-1}
-                # dh_{t-1} = dA_t W_h (+ dy_{t-1}): the one GEMM per step.
-                dh = layer.backward_gemm(da, d_out[t - 1] if t > 0 else None, out=dh)
-            dh0[l], dc0[l] = dh, dc
-            flat = d_gates.view(T * B, 4 * H)
+            dh0[l], dc0[l] = self._backward_steps(layer, dh_n[l] + d_out[T - 1], dc_n[l].clone(), d_out, gate_clip)
+            flat = layer.d_gates.view(T * B, 4 * H)
             layer_input = (self.x if l == 0 else self.layers[l - 1].h[1:]).reshape(T * B, -1)
             d_w_x, d_w_h = self._weight_grads(flat, layer_input, layer.h[:T].reshape(T * B, H))
             d_b = flat.sum(0)
             grads[l] = LayerWeights(d_w_x, d_w_h, d_b, d_b.clone())
             d_out = layer.dx_gemm(flat).view(T, B, -1)  # dx of this layer = dy of the one below
         return Grads(d_out, dh0, dc0, grads)
+
+    def _backward_steps(self, layer: _Layer, dh: torch.Tensor, dc: torch.Tensor, d_out: torch.Tensor,
+                        gate_clip: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The recurrence of one layer in reverse, from dh_T (dy_T included) and dc_T: fills d_gates
+        (dA in canonical order i, f, g, o) and returns dh_0, dc_0. `d_out` is dy of this layer."""
+        T, B = layer.shape
+        H = self.problem.hidden
+        gates, d_gates, c, tanh_c = layer.gates, layer.d_gates, layer.c, layer.tanh_c
+        o, i, f, g = (gates[..., k * H:(k + 1) * H] for k in range(4))
+        # Everything that does not depend on the recurrence, for all T steps at once.
+        # Activation derivatives (fused order): s(1 - s) for o, i, f and 1 - g^2 for g ...
+        deriv = torch.mul(gates, gates)
+        torch.sub(gates[..., :3 * H], deriv[..., :3 * H], out=deriv[..., :3 * H])
+        deriv[..., 3 * H:].neg_().add_(1)
+        # ... folded into what multiplies dh (for o) and dc (for i, f, g) in each step.
+        dh_factor = tanh_c * deriv[..., :H]
+        dc_factor = torch.stack([g * deriv[..., H:2 * H], c[:T] * deriv[..., 2 * H:3 * H],
+                                 i * deriv[..., 3 * H:]], dim=2)  # [T, B, 3, H]
+        dc_dh = (1 - tanh_c * tanh_c).mul_(o)  # dc_t/dh_t
+        for t in reversed(range(T)):
+            da = d_gates[t]  # canonical order: i, f, g, then o
+            dc.addcmul_(dh, dc_dh[t])
+            torch.mul(dc_factor[t], dc.unsqueeze(1), out=da[:, :3 * H].view(B, 3, H))  # i, f, g
+            torch.mul(dh, dh_factor[t], out=da[:, 3 * H:])  # o
+            if gate_clip is not None:
+                da.clamp_(-gate_clip, gate_clip)
+            dc.mul_(f[t])  # dc_{t-1}
+            # dh_{t-1} = dA_t W_h (+ dy_{t-1}): the one GEMM per step.
+            dh = layer.backward_gemm(da, d_out[t - 1] if t > 0 else None, out=dh)
+        return dh, dc

@@ -54,4 +54,9 @@ class AutogradImpl(Impl):
         grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, self._leaves + params, strict=True)]
         self._outputs = self._leaves = self._gate_inputs = None  # the graph is spent; free it now
         dx, dh0, dc0, *flat = grads
-        return Grads(dx, dh0, dc0, LayerWeights.from_flat(flat))
+        return Grads(dx, dh0, dc0, self._canonical_grads(flat))
+
+    def _canonical_grads(self, flat: list[torch.Tensor]) -> list[LayerWeights]:
+        """The gradients of parameter_tensors(), in their order, as canonical per-layer weights. An
+        implementation whose leaves are in a layout of its own converts them back here."""
+        return LayerWeights.from_flat(flat)
