@@ -6,10 +6,11 @@ kernels on the CPU, Triton kernels on CUDA), forward and backward (AOTAutograd c
 step's backward graph, autograd chains the steps). Compiling the step rather than the whole
 sequence keeps the compiled graph independent of the length and of the layer count.
 
-Compilation never falls in a timed round: __init__ runs one forward and backward at the problem's
-batch and width on data of its own (untimed; the harness reports construction time as the
-implementation's setup cost). `fullgraph=True`: a graph break or the recompile limit is an
-error, never a silent fallback to eager code under the name `compiled`.
+Compilation never falls in a timed round: __init__ runs one forward and backward at the
+problem's batch and width (the compiled shapes are static) on data of its own (untimed; the
+harness reports construction time as the implementation's setup cost). `fullgraph=True`: a
+graph break or the recompile limit is an error, never a silent fallback to eager code under the
+name `compiled`.
 """
 
 from __future__ import annotations
@@ -35,14 +36,16 @@ def lstm_step(x_proj: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_hh: torc
 
 
 @functools.cache
-def compiled_step(device: str, dtype: str):
-    """The compiled step for one device and dtype, shared by every instance: shapes it has seen
-    are not compiled again (the second distinct batch or width compiles a dynamic-shape graph
-    that serves the rest). Dynamo caches per code object and allows 8 recompiles of one before
-    it gives up, so each mode gets a code object of its own: a run over several modes would
-    otherwise reach the limit."""
-    code = lstm_step.__code__.replace(co_name=f"lstm_step_{device}_{dtype}")
-    return torch.compile(types.FunctionType(code, lstm_step.__globals__, code.co_name), fullgraph=True)
+def compiled_step(device: str, dtype: str, batch: int, hidden: int):
+    """The step compiled for one device, dtype, batch and width (static shapes: the kernels a user
+    who compiles for the shape they train at gets), shared by every instance of that shape.
+
+    Each shape gets a code object of its own: Dynamo caches compiled graphs per code object and
+    gives up after 8 recompiles of one (fullgraph=True then raises), which a run over many shapes
+    and modes would reach; the length never matters, since the step does not see it."""
+    code = lstm_step.__code__.replace(co_name=f"lstm_step_{device}_{dtype}_b{batch}_h{hidden}")
+    step = types.FunctionType(code, lstm_step.__globals__, code.co_name)
+    return torch.compile(step, fullgraph=True, dynamic=False)
 
 
 def compile_support(device: str) -> Support:
@@ -77,7 +80,7 @@ class CompiledLSTM(AutogradImpl):
     def __init__(self, problem: Problem, weights: list[LayerWeights]) -> None:
         super().__init__(problem, weights)
         self.weights = [w.map(lambda t: t.detach().clone().requires_grad_(True)) for w in weights]
-        self._step = compiled_step(problem.device, problem.dtype)
+        self._step = compiled_step(problem.device, problem.dtype, problem.batch, problem.hidden)
         self._warm_up()
 
     @classmethod

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from harness.contract.grid import GRIDS, GridError, build_problems, parse_number, parse_positive_ints
+from harness.contract.registry import discover
 from harness.measuring.session import Settings
 
 NO_GPU = not torch.cuda.is_available()
@@ -99,7 +100,7 @@ def test_bad_options_stop_pytest_before_anything_runs(run_python):
     assert "passed" not in proc.stdout and "failed" not in proc.stdout
     proc = run_python("-m", "pytest", "suites", "--lstm-impls", "cudnn,nope", "-p", "no:cacheprovider")
     assert proc.returncode == 4 and "known" not in proc.stdout
-    assert "unknown value 'nope'; choose from cudnn, cupy, fused, fused_graphs, modular" in proc.stderr
+    assert f"unknown value 'nope'; choose from {', '.join(discover().names())}" in proc.stderr
 
 
 def test_nan_max_time_stops_pytest_before_anything_runs(run_python):
