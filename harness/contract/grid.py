@@ -32,7 +32,7 @@ GRIDS: dict[str, Grid] = {
                   "the Caffe project's table: batch {20,4} x length {100,20}, 3 layers, hidden = input = 2048"),
     "cpu": Grid("cpu", (20, 4), (100, 20), (512,), (3,), None,
                 "the seed's batch {20,4} x length {100,20} at hidden = input = 512, 3 layers; "
-                "about 2 to 3 minutes on 2 CPU cores"),
+                "about 5 minutes on 2 CPU cores with every implementation"),
     "smoke": Grid("smoke", (5, 2), (7, 3), (16,), (2,), (12,),
                   "tiny: batch {5,2} x length {7,3}, 2 layers, input 12, hidden 16; seconds, for CI"),
 }
