@@ -17,14 +17,16 @@ from harness.example.training_agreement import (
 )
 
 CONFIG = "lstm_short"
-ITERATIONS = 200
+# Enough for the loss to fall by half in each set-up (measured with cupy: to 0.52 of its start
+# in 120 caffe iterations, to 0.11 in 100 Adam iterations); each implementation trains once per set-up.
+ITERATIONS = {"caffe": 200, "adam": 100}
 _runs = {}
 
 
 def trained(reg, setup, device):
     key = (reg.name, setup, device)
     if key not in _runs:
-        _runs[key] = train(reg.cls, setup, CONFIG, ITERATIONS, device=device)
+        _runs[key] = train(reg.cls, setup, CONFIG, ITERATIONS[setup], device=device)
     return _runs[key]
 
 

@@ -22,8 +22,9 @@ def test_a_failed_step_is_reported_and_the_next_one_still_runs(tmp_path):
 
 def test_runs_to_the_end_on_the_cpu_and_names_what_it_skipped(run_python, tmp_path):
     out = tmp_path / "check"
+    # Not every implementation: the steps are what this checks, and each implementation costs each step.
     proc = run_python("-m", "harness.gpu_check", "--out", str(out), "--device", "cpu", "--max-time", "0.02",
-                      "--no-plots", timeout=600)
+                      "--no-plots", "--impl", "cudnn,fused,cupy,fused_graphs", timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     status = {r["step"]: (r["status"], r["detail"]) for r in json.loads((out / "summary.json").read_text())}
     for step in ("versions", "list", "agreement", "set_weights", "smoke", "report"):
@@ -33,6 +34,8 @@ def test_runs_to_the_end_on_the_cpu_and_names_what_it_skipped(run_python, tmp_pa
     assert "| cupy_side_stream | skipped" in (out / "summary.md").read_text()
     timed = json.loads((out / "smoke.json").read_text())["benchmarks"]
     assert timed and all(b["extra_info"]["device"] == "cpu" for b in timed)
+    assert {b["extra_info"]["impl"] for b in timed} == {"cudnn", "fused", "cupy"}  # --impl, and fused_graphs needs CUDA
+    assert "fused_graphs: skipped" in (out / "set_weights.log").read_text()
     assert (out / "gpu-check.md").exists() and (out / "agreement.log").exists()
 
 

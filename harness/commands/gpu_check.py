@@ -51,6 +51,7 @@ class Check:
     plots: bool
     deadline: float
     results: list[dict] = field(default_factory=list)
+    impls: str | None = None  # --impl: only these implementations (default: every registered one)
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -77,7 +78,7 @@ class Check:
     def pytest(self, name: str, *args: str) -> str:
         return self.python(name, "-m", "pytest", "-p", "harness.measuring.pytest_plugin",
                            "-p", "pytest_benchmark.plugin", "-p", "no:cacheprovider", "-q",
-                           "--lstm-device", self.device, *args)
+                           "--lstm-device", self.device, *(["--lstm-impls", self.impls] if self.impls else []), *args)
 
 
 def _needs_cuda(check: Check, what: str) -> None:
@@ -135,7 +136,8 @@ def step_set_weights(check: Check) -> str:
     fresh = Inputs(first.x, first.h0, first.c0, second.weights, first.dy, first.dh_n, first.dc_n)
     reference = compute_reference(fresh)
     lines, failed = [], []
-    for reg in discover():
+    registry = discover()
+    for reg in registry.select(check.impls.split(",") if check.impls else None):
         support = reg.cls.supports(problem)
         if not support.ok:
             lines.append(f"{reg.name}: skipped ({support.reason})")
@@ -350,6 +352,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-time", type=options.positive(float), default=0.3,
                         help="--lstm-max-time of the timed steps")
     parser.add_argument("--no-plots", action="store_true", help="report without figures")
+    options.add_impl(parser, default=None, help="only these implementations, comma-separated (default: every one)")
     parser.add_argument("--step", choices=[name for name, _ in STEPS], help=argparse.SUPPRESS)  # one step, in a child
 
 
@@ -364,14 +367,14 @@ def run(args) -> int:
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible to torch")
-    check = Check(args.out, device, args.max_time, not args.no_plots, time.monotonic() + args.budget)
+    check = Check(args.out, device, args.max_time, not args.no_plots, time.monotonic() + args.budget, impls=args.impl)
     if args.step:
         detail, status = _run_one(check, dict(STEPS)[args.step])
         (args.out / f"step-{args.step}.json").write_text(json.dumps({"status": status, "detail": detail}))
         return 0
     print(f"GPU check on {device}, everything under {args.out}", flush=True)
     child_args = ["--out", str(args.out), "--device", device, "--max-time", str(args.max_time),
-                  *(["--no-plots"] if args.no_plots else [])]
+                  *(["--no-plots"] if args.no_plots else []), *(["--impl", args.impl] if args.impl else [])]
     run_steps_isolated(check, child_args)
     text = summary(check)
     (args.out / "summary.md").write_text(text + "\n")
