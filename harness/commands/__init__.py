@@ -18,6 +18,7 @@ COMMANDS = {
     "sequence": "harness.commands.sequence",
     "replot": "harness.commands.replot",
     "gpu-check": "harness.commands.gpu_check",
+    "sweep": "harness.commands.sweep",
 }
 
 

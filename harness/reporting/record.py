@@ -3,7 +3,8 @@
 - `Measurement`: one timed measurement, the `extra_info` of one benchmark row. measure.py builds it,
   results.py reads rows back through `Measurement.from_json`.
 - `RunSection`: the run-level section, output[RESULTS_KEY], with its `NotTimed` entries (the points
-  that were skipped or failed). The pytest plugin builds it.
+  that were skipped or failed). The pytest plugin builds it; a sweep (harness.reporting.sweep) adds
+  its shards, each with the environment it ran in, and tags rows and entries with their shard.
 - `SCHEMA_VERSION`: written into the run-level section of every results file; a reader refuses a
   file of a newer major version (`check_schema`). Files written before the field existed are 1.0.
 
@@ -25,7 +26,7 @@ from harness.contract.problem import PHASES, Problem, ProblemError
 
 RESULTS_KEY = "lstm_harness"  # machine_info[RESULTS_KEY]: the environment; output[RESULTS_KEY]: the run
 SCHEMA_KEY = "schema"  # output[RESULTS_KEY][SCHEMA_KEY]: the version of this record
-SCHEMA_VERSION = "1.1"  # 1.1: setup_seconds
+SCHEMA_VERSION = "1.2"  # 1.1: setup_seconds; 1.2: a sweep's shards (each with its environment), not_timed.shard
 ABSENT_SCHEMA = "1.0"  # files written before the version was recorded
 
 PROBLEM_FIELDS = tuple(f.name for f in dataclasses.fields(Problem))
@@ -240,17 +241,19 @@ class NotTimed:
     problem: Problem
     outcome: str
     reason: str
+    shard: str | None = None  # in a sweep's results: the key of the shard that recorded it
 
     def to_json(self) -> dict:
-        return {"impl": self.impl, "phase": self.phase, "problem": self.problem.as_dict(),
-                "problem_id": self.problem.id, "outcome": self.outcome, "reason": self.reason}
+        out = {"impl": self.impl, "phase": self.phase, "problem": self.problem.as_dict(),
+               "problem_id": self.problem.id, "outcome": self.outcome, "reason": self.reason}
+        return out | ({"shard": self.shard} if self.shard is not None else {})
 
     @classmethod
     def from_json(cls, entry: dict, prefix: str = "") -> NotTimed:
         check(entry, "object", prefix.rstrip(".") or "not_timed entry")
         problem = problem_from_json(read_field(entry, "problem", "object", prefix), prefix + "problem.")
         values = {k: read_field(entry, k, "string", prefix) for k in ("impl", "phase", "outcome", "reason")}
-        return cls(problem=problem, **values)
+        return cls(problem=problem, shard=read_field(entry, "shard", "string", prefix, optional=True), **values)
 
 
 # field name: (JSON kind, optional) of the run-level section
@@ -277,10 +280,17 @@ class RunSection:
     not_timed: list[NotTimed] = field(default_factory=list)
     ceilings: list[dict] = field(default_factory=list)  # roofline.Ceiling.as_dict(): gflops, how, ...
     schema: str = SCHEMA_VERSION
+    # A sweep's results only (absent from a pytest run's): how the sweep was made, and one record per shard
+    # (`Shard`: its key, done or failed, where it ran and the environment it recorded, its ceilings).
+    sweep: dict | None = None
+    shards: list[Shard] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {SCHEMA_KEY: self.schema, **{k: getattr(self, k) for k in _RUN_KINDS},
-                "not_timed": [n.to_json() for n in self.not_timed], "ceilings": list(self.ceilings)}
+        out = {SCHEMA_KEY: self.schema, **{k: getattr(self, k) for k in _RUN_KINDS},
+               "not_timed": [n.to_json() for n in self.not_timed], "ceilings": list(self.ceilings)}
+        if self.sweep is not None:
+            out |= {"sweep": dict(self.sweep), "shards": [s.to_json() for s in self.shards]}
+        return out
 
     @classmethod
     def from_json(cls, section: dict | None) -> RunSection:
@@ -303,4 +313,72 @@ class RunSection:
             check(ceiling, "object", name)
             read_field(ceiling, "gflops", "number", name + ".")
             read_field(ceiling, "how", "string", name + ".")
-        return cls(**values, not_timed=not_timed, ceilings=ceilings, schema=schema)
+        sweep = read_field(section, "sweep", "object", p, optional=True)
+        shards = []
+        for index, entry in enumerate(read_field(section, "shards", "list", p, optional=True) or []):
+            try:
+                shards.append(Shard.from_json(entry, f"{RESULTS_KEY}.shards[{index}]."))
+            except RecordError as exc:
+                raise RecordError(f"shard #{index}: {exc}") from None
+        return cls(**values, not_timed=not_timed, ceilings=ceilings, schema=schema, sweep=sweep, shards=shards)
+
+
+# ---- a sweep's shards --------------------------------------------------------------------------------
+
+SHARD_STATUSES = ("done", "failed")
+SHARD_KEY = "lstm_harness_shard"  # a sweep's benchmark rows: the key of the shard that timed the row
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One shard of a sweep (`python -m harness sweep`): one problem of the grid (all its implementations, or
+    one) timed by one `pytest suites/` run on one device. `environment` is what that run recorded as its
+    machine_info[RESULTS_KEY] (absent when the shard never finished); `info` holds the rest as written (host,
+    GPU ids, seconds, the run's settings and ceilings ...), for the report and for people."""
+
+    key: str
+    status: str
+    problem: Problem
+    impls: list[str]
+    environment: dict | None = None
+    reason: str | None = None  # a failed shard: why
+    info: dict = field(default_factory=dict)
+
+    @property
+    def device_name(self) -> str | None:
+        """The device its rows are reported under: its environment's device name, or the label the sweep gave it
+        (--on-each node: the device and its host, since identical devices on two nodes are two devices there)."""
+        env = self.environment or {}
+        return self.info.get("device_label") or env.get("device_name") or env.get("device")
+
+    def to_json(self) -> dict:
+        out = {"key": self.key, "status": self.status, "problem": self.problem.as_dict(),
+               "impls": list(self.impls), "environment": self.environment, "reason": self.reason}
+        return {**self.info, **out}
+
+    @classmethod
+    def from_json(cls, entry: dict, prefix: str = "") -> Shard:
+        check(entry, "object", prefix.rstrip(".") or "shard")
+        key = read_field(entry, "key", "string", prefix)
+        status = read_field(entry, "status", "string", prefix)
+        if status not in SHARD_STATUSES:
+            raise RecordError(f"{prefix + 'status'!r} must be one of {', '.join(SHARD_STATUSES)}, not {status!r}")
+        problem = problem_from_json(read_field(entry, "problem", "object", prefix), prefix + "problem.")
+        impls = read_field(entry, "impls", "list", prefix)
+        for i, name in enumerate(impls):
+            check(name, "string", f"{prefix}impls[{i}]")
+        environment = read_field(entry, "environment", "object", prefix, optional=True)
+        if environment is not None:
+            for k in ("device_name", "device"):
+                read_field(environment, k, "string", prefix + "environment.", optional=True)
+        reason = read_field(entry, "reason", "string", prefix, optional=True)
+        for index, ceiling in enumerate(read_field(entry, "ceilings", "list", prefix, optional=True) or []):
+            name = f"{prefix}ceilings[{index}]"
+            check(ceiling, "object", name)
+            read_field(ceiling, "gflops", "number", name + ".")
+            read_field(ceiling, "how", "string", name + ".")
+        for name in ("host", "device_label"):
+            read_field(entry, name, "string", prefix, optional=True)
+        info = {k: v for k, v in entry.items() if k not in ("key", "status", "problem", "impls", "environment",
+                                                              "reason")}
+        return cls(key, status, problem, impls, environment, reason, info)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.contract.problem import PHASES
-from harness.reporting.record import PROBLEM_FIELDS
-from harness.reporting.results import Results
+from harness.contract.problem import PHASES, Problem
+from harness.reporting.record import PROBLEM_FIELDS, problem_label
+from harness.reporting.results import Results, Run
 
 PHASE_TITLES = {"forward": "Forward (ms)", "backward": "Backward (ms)", "total": "Total (ms)"}
 NOISY = 0.10  # IQR / median above this: the row is flagged (torch.utils.benchmark warns at the same)
@@ -118,9 +118,61 @@ def _versions(env: dict) -> str:
     return ", ".join(parts)
 
 
+def _software(env: dict) -> str:
+    return f"{_versions(env)}; lstm-harness {env.get('harness')} at {env.get('harness_commit') or 'unknown commit'}"
+
+
+SPLITS = {"problem": "one per problem", "impl": "one per problem and implementation"}
+
+
+def _sweep_lines(run: Run) -> list[str]:
+    """A sweep's header: the sweep, then per device the hosts that ran its shards, their software and ceilings.
+    Every finished shard's own environment is there: nothing is assumed to be the same across shards."""
+    s, sweep = run.settings, run.settings.get("sweep") or {}
+    done = [x for x in run.shards if x.status == "done"]
+    failed = len(run.shards) - len(done)
+    lines = [f"- **Sweep**: {run.path.name}, {run.datetime}; {len(run.shards)} shard(s) "
+             f"({SPLITS.get(sweep.get('split'), sweep.get('split', '?'))}), each a `pytest suites/` run on one "
+             f"device, as Ray tasks: {len(done)} done" + (f", {failed} failed (their points are listed as not timed)"
+                                                         if failed else "")
+             + f"; grid `{s.get('grid', '?')}` ({s.get('grid_about', '')})"]
+    devices: dict[str, list] = {}
+    for shard in done:
+        devices.setdefault(shard.device_name or "?", []).append(shard)
+    for name, shards in devices.items():
+        hosts: dict[str, list] = {}
+        for shard in shards:
+            hosts.setdefault(shard.info.get("host") or "?", []).append(shard)
+        where = "; ".join(
+            f"{host} ({len(group)} shard(s)"
+            + (f", GPU {', '.join(sorted({str(g) for x in group for g in x.info.get('gpu_ids') or []}))}"
+               if any(x.info.get("gpu_ids") for x in group) else "") + ")" for host, group in hosts.items())
+        cores = sorted({str(x.environment.get("cpu_count")) for x in shards})
+        lines.append(f"- **Device**: {name}: {where} ({'/'.join(cores)} CPU cores visible)")
+        software = list(dict.fromkeys(_software(x.environment) for x in shards))
+        lines.append(f"- **Software** ({name}): " + " | ".join(software)
+                     + (" (the shards differ: see each shard in the results file)" if len(software) > 1 else ""))
+        ceilings = [c for x in shards for c in x.info.get("ceilings") or []]
+        if ceilings:
+            gflops = [c["gflops"] for c in ceilings]
+            span = f"{min(gflops):.1f}" if max(gflops) - min(gflops) < 0.05 else \
+                f"{min(gflops):.1f} to {max(gflops):.1f}"
+            lines.append(f"- **Ceiling** ({name}): {span} GFLOP/s, measured by each shard on its device "
+                         f"({len(ceilings)} measurement(s); each row's rate uses its own shard's): "
+                         f"{ceilings[0]['how']}; each row's rate counts its phase's GEMM FLOPs (forward "
+                         "2*T*B*4H*(I+H) per layer, backward twice that)")
+    allocators = list(dict.fromkeys((x.info.get("settings") or {}).get("allocator") for x in done))
+    if any(allocators):
+        lines.append(f"- **Memory allocator**: {'; '.join(a for a in allocators if a)}")
+    return lines
+
+
 def _run_lines(results: Results) -> list[str]:
     lines = []
     for run in results.runs:
+        if run.shards:
+            lines += _sweep_lines(run)
+            continue
         env, s = run.environment, run.settings
         commit = env.get("harness_commit") or "unknown commit"
         lines += [
@@ -131,7 +183,7 @@ def _run_lines(results: Results) -> list[str]:
         if s.get("allocator"):
             lines.append(f"- **Memory allocator**: {s['allocator']}")
     for run in results.runs:
-        for c in run.settings.get("ceilings", []):
+        for c in [] if run.shards else run.settings.get("ceilings", []):
             lines.append(f"- **Ceiling**: {c['gflops']:.1f} GFLOP/s, measured: {c['how']}; "
                          "each row's rate counts its phase's GEMM FLOPs (forward 2*T*B*4H*(I+H) per layer, "
                          "backward twice that)")
@@ -272,8 +324,9 @@ def _not_timed_lines(missing: pd.DataFrame) -> list[str]:
     return lines + [""]
 
 
-def _problem_section(p: dict, rows: pd.DataFrame, missing: pd.DataFrame, baseline: str) -> list[str]:
-    lines = [f"## Batch size = {p['batch']}, Length = {p['length']}", "",
+def _problem_section(p: dict, rows: pd.DataFrame, missing: pd.DataFrame, baseline: str,
+                     level: str = "##") -> list[str]:
+    lines = [f"{level} Batch size = {p['batch']}, Length = {p['length']}", "",
              f"{p['layers']} layer(s), input {p['input_size']}, hidden {p['hidden']}, {p['dtype']}; "
              f"{p['device_name']}", ""]
     if rows.empty:
@@ -287,12 +340,60 @@ def _problem_section(p: dict, rows: pd.DataFrame, missing: pd.DataFrame, baselin
     return lines + _not_timed_lines(missing)
 
 
+def devices(results: Results) -> list[str]:
+    """The device names of the results, in the order their problems come."""
+    return list(dict.fromkeys(p["device_name"] for p in _problems(results)))
+
+
+def _label(row: dict) -> str:
+    return problem_label(Problem(**{f: row[f] for f in PROBLEM_FIELDS}))
+
+
+def cross_device_table(timings: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """The same problem (its sizes and dtype; the device kind may differ), implementation and phase on every
+    device: the median per device, and the first device's median over each other's (above 1: faster there)."""
+    t = timings.assign(problem=[_label(r) for r in timings[list(PROBLEM_FIELDS)].to_dict("records")])
+    medians = t.pivot_table(index=["problem", "impl", "phase"], columns="device_name", values="median_ms",
+                            aggfunc="last", sort=False)
+    order = {p: i for i, p in enumerate(PHASES)}
+    rows = sorted(medians.index, key=lambda k: (list(dict.fromkeys(t.problem)).index(k[0]), k[1], order[k[2]]))
+    medians = medians.reindex(index=pd.MultiIndex.from_tuples(rows), columns=names)
+    table = pd.DataFrame({"Problem": [k[0] for k in rows], "Code": [k[1] for k in rows],
+                          "Phase": [k[2] for k in rows]})
+    for name in names:
+        table[f"{name} (ms)"] = [format_ms(v) for v in medians[name]]
+    for name in names[1:]:
+        table[f"{name} vs {names[0]}"] = [_speedup(b, v) for b, v in zip(medians[names[0]], medians[name],
+                                                                             strict=True)]
+    return table
+
+
+def _cross_device_lines(results: Results, names: list[str]) -> list[str]:
+    lines = ["## Across devices", "",
+             f"Median times of the same problem, implementation and phase on each device; `X vs {names[0]}` is "
+             f"{names[0]}'s median over X's (above 1.00x: faster on X). A `-`: not timed on that device.", ""]
+    if results.timings.empty:
+        return lines + ["Nothing was timed.", ""]
+    return lines + [cross_device_table(results.timings, names).to_markdown(index=False), ""]
+
+
 def render(results: Results, baseline: str, title: str, figures: list[Path] = (), base: Path = Path(".")) -> str:
     lines = [f"# LSTM benchmark report: {title}", ""]
     lines += _run_lines(results) + _timing_lines(results.timings)
     if figures:
         lines += ["## Figures", ""]
         lines += [f"![{f.stem}]({f.relative_to(base).as_posix()})" for f in figures] + [""]
+    names = devices(results)
+    if len(names) > 1:  # a section per device, after a table of the devices side by side
+        timed = [n for n in names if n in set(results.timings.get("device_name", []))]
+        if len(timed) > 1:
+            lines += _cross_device_lines(results, timed)
+        for name in names:
+            lines += [f"## Device: {name}", ""]
+            for problem in (p for p in _problems(results) if p["device_name"] == name):
+                lines += _problem_section(problem, _of(results.timings, problem), _of(results.not_timed, problem),
+                                          baseline, level="###")
+        return "\n".join(lines).rstrip() + "\n"
     for problem in _problems(results):
         lines += _problem_section(problem, _of(results.timings, problem), _of(results.not_timed, problem), baseline)
     return "\n".join(lines).rstrip() + "\n"

@@ -7,7 +7,7 @@ inside is a ResultsError naming the file and the field, never a traceback furthe
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +15,7 @@ import pandas as pd
 from harness.reporting.record import (
     PROBLEM_FIELDS,  # noqa: F401  (re-exported: the problem columns of a results table)
     RESULTS_KEY,
+    SHARD_KEY,
     Measurement,
     RecordError,
     RunSection,
@@ -45,6 +46,9 @@ class Run:
     settings: dict  # grid, rounds, warm-up ... as the plugin recorded them
     datetime: str
     commit: dict
+    # A sweep's results (python -m harness sweep): one harness.reporting.record.Shard per shard, each with the
+    # environment it ran in; its rows take their device from their own shard. Empty for a pytest run's file.
+    shards: list = field(default_factory=list)
 
 
 @dataclass
@@ -86,12 +90,24 @@ def _stats(bench: dict) -> dict:
     return out | {"rounds": _field(stats, "rounds", "integer", "stats.")}
 
 
+UNFINISHED = "device unknown (its shard did not finish)"  # a failed shard's entries, when devices differ
+
+
+def _shard_devices(section: RunSection, device_name: str) -> dict[str, str]:
+    """A sweep's shard key -> the device name its rows get: the shard's own environment's; a shard that never
+    finished has none, and gets the sweep's one device, or UNFINISHED when the finished shards ran on several."""
+    names = {s.key: s.device_name for s in section.shards}
+    known = set(filter(None, names.values()))
+    fallback = next(iter(known)) if len(known) == 1 else UNFINISHED if known else device_name
+    return {key: name or fallback for key, name in names.items()}
+
+
 def _row(path: Path, bench: dict, device_name: str) -> dict:
     m = Measurement.from_json(bench["extra_info"])
     row = {"impl": m.impl, "backend": m.backend, "origin": m.origin, "phase": m.phase, "problem_id": m.problem_id,
            **m.problem.as_dict(), "flops": m.flops, "agreement_max_error": m.agreement_max_error,
            "agreement_tolerance": m.agreement_tolerance, **_stats(bench), "warmup_rounds": m.warmup_rounds,
-           "device_name": device_name, "run": path.name,
+           "device_name": device_name, "run": path.name, "shard": bench.get(SHARD_KEY),
            # Added later: absent (None) in older results files.
            **{k: getattr(m, k) for k in ("ceiling_gflops", "saved_bytes", "peak_bytes", "saturation_max_error",
                                          "verified_max_error", "check_seconds", "saturation_seconds",
@@ -106,24 +122,29 @@ def _row(path: Path, bench: dict, device_name: str) -> dict:
     return row
 
 
-def _benchmarks(path: Path, benchmarks: list, device_name: str) -> list[dict]:
-    """Rows of the benchmarks that are ours (extra_info names an implementation)."""
+def _benchmarks(path: Path, benchmarks: list, device_name: str, shards: dict[str, str]) -> list[dict]:
+    """Rows of the benchmarks that are ours (extra_info names an implementation); a sweep's row takes the
+    device of its shard."""
     rows = []
     for index, bench in enumerate(benchmarks):
         if not isinstance(bench, dict):
             raise _Invalid(f"benchmark #{index} must be an object, not {_shown(bench)}")
         try:
             info = _field(bench, "extra_info", "object", optional=True) or {}
+            shard = _field(bench, SHARD_KEY, "string", optional=True)
+            if shard is not None and shard not in shards:
+                raise _Invalid(f"{SHARD_KEY!r} names shard {shard!r}, which {RESULTS_KEY}.shards lacks")
             if "impl" in info:
-                rows.append(_row(path, bench, device_name))
+                rows.append(_row(path, bench, shards.get(shard, device_name)))
         except _Invalid as exc:
             raise _Invalid(f"benchmark #{index} ({bench.get('name', '?')}): {exc}") from None
     return rows
 
 
-def _not_timed(section: RunSection, device_name: str, run: str) -> list[dict]:
+def _not_timed(section: RunSection, device_name: str, run: str, shards: dict[str, str]) -> list[dict]:
     return [{"impl": n.impl, "phase": n.phase, "outcome": n.outcome, "reason": n.reason, **n.problem.as_dict(),
-             "problem_id": n.problem.id, "device_name": device_name, "run": run} for n in section.not_timed]
+             "problem_id": n.problem.id, "device_name": shards.get(n.shard, device_name), "run": run,
+             "shard": n.shard} for n in section.not_timed]
 
 
 def _settings(data: dict) -> tuple[RunSection, dict]:
@@ -150,12 +171,13 @@ def _load(path: Path) -> tuple[list[dict], list[dict], Run]:
         env = _environment(data)
         section, settings = _settings(data)
         device_name = env.get("device_name") or env.get("device") or "?"
-        rows = _benchmarks(path, data["benchmarks"], device_name)
+        shards = _shard_devices(section, device_name)
+        rows = _benchmarks(path, data["benchmarks"], device_name, shards)
         if data["benchmarks"] and not rows:
             # Our plugin is loaded in every pytest session of this environment: another suite's run has our
             # machine_info too, but none of its benchmarks names an implementation.
             raise _Foreign()
-        not_timed = _not_timed(section, device_name, path.name)
+        not_timed = _not_timed(section, device_name, path.name, shards)
         commit = _field(data, "commit_info", "object", optional=True) or {}
     except _Foreign:
         raise ResultsError(f"{path}: not an LSTM harness results file (written by another benchmark suite?)") from None
@@ -163,7 +185,7 @@ def _load(path: Path) -> tuple[list[dict], list[dict], Run]:
         raise ResultsError(f"{path}: {exc}") from None
     except _Invalid as exc:
         raise ResultsError(f"{path}: {exc}; the file is corrupt or from another tool") from None
-    return rows, not_timed, Run(path, env, settings, str(data.get("datetime", "")), commit)
+    return rows, not_timed, Run(path, env, settings, str(data.get("datetime", "")), commit, section.shards)
 
 
 def load_results(paths: list[Path]) -> Results:
