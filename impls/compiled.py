@@ -24,7 +24,7 @@ import torch
 
 from harness.contract.autograd_impl import AutogradImpl
 from harness.contract.impl import Support
-from harness.contract.inputs import LayerWeights
+from harness.contract.inputs import LayerWeights, make_inputs
 from harness.contract.problem import Problem
 from harness.contract.registry import register
 from impls.modular import lstm_unit
@@ -112,14 +112,6 @@ class CompiledLSTM(AutogradImpl):
     def _warm_up(self) -> None:
         """Compile (or find compiled) the step for this batch, width and dtype: one forward and backward
         of two steps on seeded data of its own, through the same calls the timed ones make."""
-        p = self.problem
-        generator = torch.Generator().manual_seed(0)
-        bound = p.hidden ** -0.5
-
-        def draw(*shape):
-            t = torch.rand(*shape, generator=generator, dtype=torch.float64) * 2 - 1
-            return (t * bound).to(device=p.device, dtype=p.torch_dtype)
-
-        L, B, H = p.layers, p.batch, p.hidden
-        self.forward(draw(2, B, p.input_size), draw(L, B, H), draw(L, B, H))
-        self.backward(draw(2, B, H), draw(L, B, H), draw(L, B, H))
+        data = make_inputs(self.problem.replace(length=2), seed=1)  # the harness's seeded generator, 2 steps
+        self.forward(data.x, data.h0, data.c0)
+        self.backward(data.dy, data.dh_n, data.dc_n)

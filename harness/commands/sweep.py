@@ -163,40 +163,18 @@ def plan(opts: dict, device: str, registry, check_dtypes: bool = True,
     """The shards of the grid the options name on `device`, every option checked as `pytest suites/` checks it
     (the same parsers), before anything runs. Returns the shards and the grid. On CUDA the workers' GPUs
     decide which precision modes run (the driver may have none)."""
-    from harness.contract.grid import (
-        build_problems,
-        parse_choices,
-        parse_number,
-        parse_positive_ints,
-        resolve_grid,
-    )
-    from harness.contract.problem import DTYPES, dtype_support
+    from harness.contract.grid import parse_run_options
 
-    grid = resolve_grid("--lstm-grid", opts["lstm_grid"] or "auto", device)
-    names = parse_choices("--lstm-impls", opts["lstm_impls"], registry.names()) or tuple(registry.names())
-    explicit = {axis: parse_positive_ints(f"--lstm-{opt}", opts[f"lstm_{opt}"])
-                for axis, opt in (("batch", "batch"), ("length", "length"), ("hidden", "hidden"),
-                                  ("input_size", "input"), ("layers", "layers"))}
-    dtypes = parse_choices("--lstm-dtype", opts["lstm_dtype"], list(DTYPES)) or ("float32",)
-    if device == "cpu" and check_dtypes:
-        for dtype in dtypes:
-            support = dtype_support(device, dtype)
-            if not support.ok:
-                raise SweepError(f"--lstm-dtype: {dtype} cannot run on {device}: {support.reason}")
-    checks = {"lstm_rounds": (int, 1), "lstm_min_rounds": (int, 1), "lstm_warmup": (int, 0),
-              "lstm_max_time": (float, 1e-6)}
+    run = parse_run_options(opts.get, device, registry.names(), check_dtypes=device == "cpu" and check_dtypes)
+    grid, names = run.grid, run.impls or tuple(registry.names())
     passed = []
-    for dest, (kind, minimum) in checks.items():
+    for dest in ("lstm_rounds", "lstm_min_rounds", "lstm_warmup", "lstm_max_time", "lstm_seed"):
         if opts[dest] is not None:
-            parse_number(GRID_OPTIONS[dest][0][0], opts[dest], kind, minimum=minimum)
             passed += [GRID_OPTIONS[dest][0][0], str(opts[dest])]
-    if opts["lstm_seed"] is not None:
-        parse_number("--lstm-seed", opts["lstm_seed"], int, minimum=0, maximum=2**63 - 1)
-        passed += ["--lstm-seed", str(opts["lstm_seed"])]
     for module in opts["plugins"] or []:
         passed += ["--lstm-plugin", module]
     shards = []
-    for problem in build_problems(grid, device, dtypes, **{k: v for k, v in explicit.items() if v}):
+    for problem in run.problems:
         point = ["--lstm-grid", grid.name, "--lstm-device", device, "--lstm-batch", str(problem.batch),
                  "--lstm-length", str(problem.length), "--lstm-hidden", str(problem.hidden),
                  "--lstm-input", str(problem.input_size), "--lstm-layers", str(problem.layers),

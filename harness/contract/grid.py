@@ -136,3 +136,43 @@ def build_problems(grid: Grid, device: str, dtypes: Sequence[str] = ("float32",)
             problems.append(Problem(batch=b, length=t, input_size=i, hidden=h, layers=l,
                                     dtype=dtype, device=device))
     return problems
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The grid and timing options of a run, each checked (what `pytest suites/` and `harness sweep` take)."""
+
+    grid: Grid
+    problems: list[Problem]
+    impls: tuple[str, ...] | None  # None: every registered one
+    explicit: dict[str, tuple[int, ...]]  # axis values given, replacing the grid's
+    timing: dict[str, int | float]  # rounds, min_rounds, warmup, max_time: those given
+    seed: int | None
+
+
+def parse_run_options(get, device: str, known_impls: Sequence[str], check_dtypes: bool = True) -> RunOptions:
+    """Every grid and timing option (get("lstm_batch") returns its raw text or None) checked for `device`;
+    GridError names the first bad one. check_dtypes=False leaves the precision modes to the device that runs
+    them (a sweep's driver may have no GPU)."""
+    from harness.contract.problem import dtype_support  # imports torch's device queries: only when asked
+
+    grid = resolve_grid("--lstm-grid", get("lstm_grid") or "auto", device)
+    impls = parse_choices("--lstm-impls", get("lstm_impls"), known_impls)
+    explicit = {axis: parse_positive_ints(f"--lstm-{opt}", get(f"lstm_{opt}"))
+                for axis, opt in (("batch", "batch"), ("length", "length"), ("hidden", "hidden"),
+                                  ("input_size", "input"), ("layers", "layers"))}
+    dtypes = parse_choices("--lstm-dtype", get("lstm_dtype"), list(DTYPES)) or ("float32",)
+    for dtype in dtypes if check_dtypes else ():
+        support = dtype_support(device, dtype)
+        if not support.ok:
+            raise GridError(f"--lstm-dtype: {dtype} cannot run on {device}: {support.reason}")
+    explicit = {k: v for k, v in explicit.items() if v}
+    timing = {
+        "rounds": parse_number("--lstm-rounds", get("lstm_rounds"), int, minimum=1),
+        "min_rounds": parse_number("--lstm-min-rounds", get("lstm_min_rounds"), int, minimum=1),
+        "warmup": parse_number("--lstm-warmup", get("lstm_warmup"), int, minimum=0),
+        "max_time": parse_number("--lstm-max-time", get("lstm_max_time"), float, minimum=1e-6),
+    }
+    seed = parse_number("--lstm-seed", get("lstm_seed"), int, minimum=0, maximum=2**63 - 1)  # a signed 64-bit seed
+    return RunOptions(grid, build_problems(grid, device, dtypes, **explicit), impls, explicit,
+                      {k: v for k, v in timing.items() if v is not None}, seed)

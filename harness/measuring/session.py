@@ -24,16 +24,7 @@ from harness.contract.agreement import (
     new_agreement,
     run_and_compare,
 )
-from harness.contract.grid import (
-    Grid,
-    GridError,
-    build_problems,
-    parse_choices,
-    parse_number,
-    parse_positive_ints,
-    resolve_device,
-    resolve_grid,
-)
+from harness.contract.grid import Grid, parse_run_options, resolve_device
 from harness.contract.impl import Impl
 from harness.contract.inputs import (
     AGREEMENT_SET,
@@ -45,7 +36,7 @@ from harness.contract.inputs import (
     saturating_inputs,
     saturating_problem,
 )
-from harness.contract.problem import DTYPES, PHASES, Problem, dtype_support
+from harness.contract.problem import PHASES, Problem
 from harness.contract.reference import reference_for
 from harness.contract.registry import Registration, Registry, RegistryError, discover
 from harness.measuring.isolation import private_copies, written_inputs
@@ -84,28 +75,9 @@ class Settings:
                                     + ", ".join(changed) + "); a plugin or implementation module must not do "
                                     "this at import (plugins: " + (", ".join(plugins) or "none") + ")")
         device = resolve_device("--lstm-device", get("lstm_device") or "auto")
-        grid = resolve_grid("--lstm-grid", get("lstm_grid") or "auto", device)
-        names = parse_choices("--lstm-impls", get("lstm_impls"), registry.names())
-        explicit = {axis: parse_positive_ints(f"--lstm-{opt}", get(f"lstm_{opt}"))
-                    for axis, opt in (("batch", "batch"), ("length", "length"), ("hidden", "hidden"),
-                                      ("input_size", "input"), ("layers", "layers"))}
-        dtypes = parse_choices("--lstm-dtype", get("lstm_dtype"), list(DTYPES)) or ("float32",)
-        for dtype in dtypes:
-            support = dtype_support(device, dtype)
-            if not support.ok:
-                raise GridError(f"--lstm-dtype: {dtype} cannot run on {device}: {support.reason}")
-        problems = build_problems(grid, device, dtypes, **explicit)
-        timing = {
-            "rounds": parse_number("--lstm-rounds", get("lstm_rounds"), int, minimum=1),
-            "min_rounds": parse_number("--lstm-min-rounds", get("lstm_min_rounds"), int, minimum=1),
-            "warmup": parse_number("--lstm-warmup", get("lstm_warmup"), int, minimum=0),
-            "max_time": parse_number("--lstm-max-time", get("lstm_max_time"), float, minimum=1e-6),
-        }
-        seed = parse_number("--lstm-seed", get("lstm_seed"), int, minimum=0, maximum=2**63 - 1)  # a signed 64-bit seed
-        return cls(device=device, grid=grid, problems=problems, impls=registry.select(names),
-                   seed=seed if seed is not None else 0,
-                   explicit={k: v for k, v in explicit.items() if v},
-                   **{k: v for k, v in timing.items() if v is not None})
+        run = parse_run_options(get, device, registry.names())
+        return cls(device=device, grid=run.grid, problems=run.problems, impls=registry.select(run.impls),
+                   seed=run.seed if run.seed is not None else 0, explicit=run.explicit, **run.timing)
 
 
 def state_faults(before: ProcessState) -> list[str]:
