@@ -118,6 +118,9 @@ def _versions(env: dict) -> str:
     return ", ".join(parts)
 
 
+RATE_COUNTS = "each row's rate counts its phase's GEMM FLOPs (forward 2*T*B*4H*(I+H) per layer, backward twice that)"
+
+
 def _software(env: dict) -> str:
     return f"{_versions(env)}; lstm-harness {env.get('harness')} at {env.get('harness_commit') or 'unknown commit'}"
 
@@ -159,8 +162,7 @@ def _sweep_lines(run: Run) -> list[str]:
                 f"{min(gflops):.1f} to {max(gflops):.1f}"
             lines.append(f"- **Ceiling** ({name}): {span} GFLOP/s, measured by each shard on its device "
                          f"({len(ceilings)} measurement(s); each row's rate uses its own shard's): "
-                         f"{ceilings[0]['how']}; each row's rate counts its phase's GEMM FLOPs (forward "
-                         "2*T*B*4H*(I+H) per layer, backward twice that)")
+                         f"{ceilings[0]['how']}; {RATE_COUNTS}")
     allocators = list(dict.fromkeys((x.info.get("settings") or {}).get("allocator") for x in done))
     if any(allocators):
         lines.append(f"- **Memory allocator**: {'; '.join(a for a in allocators if a)}")
@@ -174,19 +176,16 @@ def _run_lines(results: Results) -> list[str]:
             lines += _sweep_lines(run)
             continue
         env, s = run.environment, run.settings
-        commit = env.get("harness_commit") or "unknown commit"
         lines += [
             f"- **Device**: {env.get('device_name')} ({env.get('cpu_count')} CPU cores visible)",
-            f"- **Software**: {_versions(env)}; lstm-harness {env.get('harness')} at {commit}",
+            f"- **Software**: {_software(env)}",
             f"- **Run**: {run.path.name}, {run.datetime}; grid `{s.get('grid', '?')}` ({s.get('grid_about', '')})",
         ]
         if s.get("allocator"):
             lines.append(f"- **Memory allocator**: {s['allocator']}")
     for run in results.runs:
         for c in [] if run.shards else run.settings.get("ceilings", []):
-            lines.append(f"- **Ceiling**: {c['gflops']:.1f} GFLOP/s, measured: {c['how']}; "
-                         "each row's rate counts its phase's GEMM FLOPs (forward 2*T*B*4H*(I+H) per layer, "
-                         "backward twice that)")
+            lines.append(f"- **Ceiling**: {c['gflops']:.1f} GFLOP/s, measured: {c['how']}; {RATE_COUNTS}")
     return lines
 
 
