@@ -10,8 +10,12 @@ the input-weight gradient, the bias gradient and dx as one operation each. No au
 
 On the CPU the per-step GEMMs use weights prepacked once by oneDNN (the path PyTorch's own
 compiler takes for frozen linear layers), with the addend fused in; elsewhere torch.addmm.
-Everything that does not depend on the recurrence (activation derivatives, products with the
-saved gates) is computed for all steps at once, leaving five small operations per step.
+
+The per-layer time loop runs in C++ (impls/native: one GEMM and one pointwise pass per step, no
+Python between steps) wherever the extension builds; otherwise, and in `fused_python`, it runs
+here in Python, where everything that does not depend on the recurrence (activation derivatives,
+products with the saved gates) is computed for all steps at once, leaving five small operations
+per step. The backend label says which loop ran.
 """
 
 from __future__ import annotations
@@ -23,10 +27,16 @@ from harness.contract.inputs import LayerWeights
 from harness.contract.layout import gate_rows
 from harness.contract.problem import Problem
 from harness.contract.registry import register
+from impls.native import native_steps
 
 # A prepacked oneDNN call costs ~20 us however small; it pays from about this width on
 # (measured at batch 4: H=128 addmm 19 us vs 31 us prepacked, H=512 233 us vs 67 us).
 PACKED_MIN_HIDDEN = 256
+# Below this many multiply-adds a step (B * 4H * H), the C++ loop does the recurrent product itself:
+# a library call's fixed cost (a few us) is more than the arithmetic (batch 1, hidden 15: 900).
+LOOP_GEMM_MAX_MACS = 1 << 18
+# GEMM modes of the C++ loop (impls/native/lstm_steps.cpp).
+GEMM_ATEN, GEMM_PACKED, GEMM_LOOP = 0, 1, 2
 
 
 def packed_gemm_available(problem: Problem) -> bool:
@@ -73,13 +83,17 @@ class _Layer:
         # .contiguous(), which can return the caller's own tensor (W_ih of width 1, say).
         self.w_x_t, self.w_h_t = (w.t().clone(memory_format=torch.contiguous_format)
                                   for w in (canonical.w_ih, canonical.w_hh))  # [I, 4H], [H, 4H]
+        # The C++ loop's own products read rows: W_h^T [H, 4H] (fused order) forward, W_hh [4H, H] backward.
+        self.w_h_rows = w_h.t().clone(memory_format=torch.contiguous_format)
+        self.w_hh = canonical.w_hh.clone(memory_format=torch.contiguous_format)
         self.forward_gemm = self.backward_gemm = self.input_gemm = self.dx_gemm = None
         self.shape = None
 
     def load(self, w_x, w_h, bias, canonical: LayerWeights) -> None:
         """New weights, in place: captured graphs and prepacked GEMMs keep reading the same tensors."""
         pairs = ((self.w_x, w_x), (self.w_h, w_h), (self.bias, bias),
-                 (self.w_x_t, canonical.w_ih.t()), (self.w_h_t, canonical.w_hh.t()))
+                 (self.w_x_t, canonical.w_ih.t()), (self.w_h_t, canonical.w_hh.t()),
+                 (self.w_h_rows, w_h.t()), (self.w_hh, canonical.w_hh))
         for mine, new in pairs:
             if mine.shape != new.shape:  # copy_ would broadcast a wrong shape silently
                 raise ValueError(f"set_weights: a weight of shape {tuple(new.shape)}, expected {tuple(mine.shape)}")
@@ -114,16 +128,46 @@ class FusedLSTM(Impl):
                    "gradient, hand-written backward")
     gate_clipping = True
     use_packed_gemm = True  # tests turn it off to cover the torch.addmm path everywhere
+    use_native_loop = True  # False: the time loop in Python (fused_python)
+
+    @classmethod
+    def native_loop(cls):
+        """The C++ loop's ops, or None where the Python loop runs. A subclass that overrides a seam
+        of the Python loop (_recurrent_product, _tanh) gets the Python loop, or its override would
+        be silently ignored."""
+        seams = ("_recurrent_product", "_tanh")
+        if not cls.use_native_loop or any(getattr(cls, s) is not getattr(FusedLSTM, s) for s in seams):
+            return None
+        return native_steps().ops
+
+    @classmethod
+    def gemm_mode(cls, problem: Problem, native: bool) -> int:
+        """Which per-step product runs: the prepacked one, the C++ loop's own, or ATen's."""
+        if cls.use_packed_gemm and packed_gemm_available(problem):
+            return GEMM_PACKED
+        if (native and problem.device == "cpu" and problem.dtype in ("float32", "float64")
+                and problem.batch * 4 * problem.hidden ** 2 <= LOOP_GEMM_MAX_MACS):
+            return GEMM_LOOP
+        return GEMM_ATEN
 
     @classmethod
     def backend(cls, problem: Problem) -> str:
-        if cls.use_packed_gemm and packed_gemm_available(problem):
-            return f"PyTorch {torch.__version__} ops, oneDNN-prepacked per-step GEMMs (cpu)"
-        return f"PyTorch {torch.__version__} ops, torch.addmm GEMMs ({problem.device})"
+        native = cls.native_loop() is not None
+        if native:
+            loop = "C++ time loop"
+        elif cls.use_native_loop:
+            loop = f"Python time loop (C++ loop {native_steps().describe()})"
+        else:
+            loop = "Python time loop"
+        gemm = {GEMM_PACKED: "oneDNN-prepacked per-step GEMMs", GEMM_LOOP: "per-step products in the C++ loop",
+                GEMM_ATEN: "torch.addmm GEMMs"}[cls.gemm_mode(problem, native)]
+        return f"PyTorch {torch.__version__} ops, {loop}, {gemm} ({problem.device})"
 
     def __init__(self, problem: Problem, weights: list[LayerWeights]) -> None:
         super().__init__(problem, weights)
         self.packed = self.use_packed_gemm and packed_gemm_available(problem)
+        self.native = self.native_loop()  # built (first use) or loaded here, outside any timed call
+        self._mode = self.gemm_mode(problem, self.native is not None)
         self.layers = [_Layer(*fused, w) for fused, w in zip(self._fused_order(weights), weights, strict=True)]
 
     def _fused_order(self, weights: list[LayerWeights]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -192,6 +236,10 @@ class FusedLSTM(Impl):
     def _forward_steps(self, layer: _Layer, T: int, H: int) -> None:
         """The recurrence of one layer: gates hold the input projections; fills gates (activated),
         h[1:], c[1:] and tanh_c."""
+        if self.native is not None:
+            self.native.forward_steps(layer.gates, layer.h, layer.c, layer.tanh_c, layer.w_h, layer.w_h_rows,
+                                      layer.forward_gemm.packed, layer.pre, self._mode)
+            return
         gates = layer.gates
         # Per-step views made in a few calls up front: at small batches the Python cost of
         # slicing inside the loop is a visible share of a step.
@@ -230,6 +278,10 @@ class FusedLSTM(Impl):
                         gate_clip: float | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The recurrence of one layer in reverse, from dh_T (dy_T included) and dc_T: fills d_gates
         (dA in canonical order i, f, g, o) and returns dh_0, dc_0. `d_out` is dy of this layer."""
+        if self.native is not None:
+            return self.native.backward_steps(layer.gates, layer.c, layer.tanh_c, layer.d_gates, dh, dc,
+                                              d_out.contiguous(), layer.w_hh, layer.backward_gemm.packed, gate_clip,
+                                              self._mode)
         T, B = layer.shape
         H = self.problem.hidden
         gates, d_gates, c, tanh_c = layer.gates, layer.d_gates, layer.c, layer.tanh_c
@@ -255,3 +307,10 @@ class FusedLSTM(Impl):
             # dh_{t-1} = dA_t W_h (+ dy_{t-1}): the one GEMM per step.
             dh = layer.backward_gemm(da, d_out[t - 1] if t > 0 else None, out=dh)
         return dh, dc
+
+
+@register
+class FusedPythonLSTM(FusedLSTM):
+    name = "fused_python"
+    description = "`fused` with its per-step time loop in Python (no C++ extension): what the C++ loop saves"
+    use_native_loop = False

@@ -1,0 +1,308 @@
+// The per-layer time loop of `fused` (impls/fused.py), forward and backward, in C++.
+//
+// Per step: one GEMM (oneDNN-prepacked, ATen's addmm, or for tiny sizes a plain loop that costs
+// less than a library call) and ONE pointwise pass that does all the gate math. On the CPU in
+// float32/float64 the pointwise pass is hand-written here (vectorised by the compiler, threaded
+// over batch rows when a step is big enough); on any other device or dtype it is the same few
+// ATen operations the Python loop calls, so the loop runs with CUDA tensors too.
+//
+// Buffer layout (all contiguous, made by impls/fused.py): gates [T, B, 4H] in gate order o, i, f, g
+// (input projections on entry, activated gates on exit), h and c [T+1, B, H] with row 0 the
+// initial state, tanh_c [T, B, H], d_gates [T, B, 4H] in canonical order i, f, g, o.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+
+namespace {
+
+enum GemmMode : int64_t { kAten = 0, kPacked = 1, kLoop = 2 };
+
+// A step is split over threads only when it has at least this many cells (B * H): below it the
+// fork/join costs more than the arithmetic (measured on the 2-core CPU: see the notes file).
+constexpr int64_t kParallelCells = 8192;
+
+// exp, sigmoid and tanh the compiler can vectorise: Cephes' single-precision polynomials (about
+// 1 ulp; libm's scalar expf would cost more than the rest of the step). NaN propagates: clamps are
+// written as comparisons, which are false for NaN.
+inline float exp_approx(float x) {
+  x = x < -87.3f ? -87.3f : x;
+  x = x > 88.3f ? 88.3f : x;
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  x = x - n * 0.693359375f;
+  x = x + n * 2.12194440e-4f;
+  const float z = x * x;
+  float y = 1.9875691500e-4f;
+  y = y * x + 1.3981999507e-3f;
+  y = y * x + 8.3334519073e-3f;
+  y = y * x + 4.1665795894e-2f;
+  y = y * x + 1.6666665459e-1f;
+  y = y * x + 5.0000001201e-1f;
+  y = y * z + x + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return y * scale;
+}
+
+inline float tanh_approx(float x) {
+  const float a = std::fabs(x);
+  const float z = a * a;
+  float p = -5.70498872745e-3f;
+  p = p * z + 2.06390887954e-2f;
+  p = p * z - 5.37397155531e-2f;
+  p = p * z + 1.33314422036e-1f;
+  p = p * z - 3.33332819422e-1f;
+  const float near_zero = p * z * a + a;
+  const float far = 1.0f - 2.0f / (exp_approx(2.0f * a) + 1.0f);
+  return std::copysign(a < 0.625f ? near_zero : far, x);
+}
+
+inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+inline float tanh_(float x) { return tanh_approx(x); }
+inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+inline double tanh_(double x) { return std::tanh(x); }
+
+bool hand_written_pointwise(const at::Tensor& t) {
+  return t.device().is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble);
+}
+
+template <typename F>
+void over_rows(int64_t B, int64_t H, const F& rows) {
+  if (B * H >= kParallelCells && B > 1) {
+    const int64_t grain = std::max<int64_t>(1, kParallelCells / (2 * H));
+    at::parallel_for(0, B, grain, rows);
+  } else {
+    rows(0, B);
+  }
+}
+
+// ---- forward ---------------------------------------------------------------------------------
+
+// One batch row of a step: pre [4H] (o, i, f, g pre-activations) -> gates (activated), c_next,
+// tanh_c, h_next. A function of its own with restrict pointers, so the compiler vectorises it.
+template <typename T>
+void forward_row(const T* __restrict p, T* __restrict g, const T* __restrict c_prev, T* __restrict c_next,
+                 T* __restrict tanh_c, T* __restrict h_next, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T o = sigmoid(p[j]), i = sigmoid(p[H + j]), f = sigmoid(p[2 * H + j]), u = tanh_(p[3 * H + j]);
+    g[j] = o;
+    g[H + j] = i;
+    g[2 * H + j] = f;
+    g[3 * H + j] = u;
+    const T c = f * c_prev[j] + i * u;
+    const T tc = tanh_(c);
+    c_next[j] = c;
+    tanh_c[j] = tc;
+    h_next[j] = o * tc;
+  }
+}
+
+template <typename T>
+void forward_cell(const T* pre, T* gates, const T* c_prev, T* c_next, T* tanh_c, T* h_next, int64_t B, int64_t H) {
+  over_rows(B, H, [=](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      forward_row<T>(pre + b * 4 * H, gates + b * 4 * H, c_prev + b * H, c_next + b * H, tanh_c + b * H,
+                     h_next + b * H, H);
+    }
+  });
+}
+
+// pre = x_proj + h @ W^T with W^T given as w_t [H, 4H]: rows of w_t are contiguous, so the inner
+// loop is an axpy the compiler vectorises.
+template <typename T>
+void small_gemm_rows(const T* __restrict addend, const T* __restrict x, const T* __restrict w_t, T* __restrict out,
+                     int64_t B, int64_t K, int64_t N) {
+  for (int64_t b = 0; b < B; ++b) {
+    T* o = out + b * N;
+    if (addend != nullptr) {
+      std::memcpy(o, addend + b * N, sizeof(T) * N);
+    } else {
+      std::memset(o, 0, sizeof(T) * N);
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      const T xk = x[b * K + k];
+      const T* w = w_t + k * N;
+      for (int64_t n = 0; n < N; ++n) o[n] += xk * w[n];
+    }
+  }
+}
+
+at::Tensor packed_linear_add(const at::Tensor& x, const at::Tensor& addend, const at::Tensor& packed) {
+  // mkldnn::_linear_pointwise.binary: x @ W^T + addend on a weight prepacked by
+  // mkldnn::_reorder_linear_weight, the same call impls/fused.py makes from Python.
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mkldnn::_linear_pointwise", "binary")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                         const std::optional<at::Tensor>&, c10::string_view)>();
+  return op.call(x, addend, packed, std::nullopt, "add");
+}
+
+void forward_steps(at::Tensor gates, at::Tensor h, at::Tensor c, at::Tensor tanh_c, at::Tensor w_h,
+                   at::Tensor w_h_t, std::optional<at::Tensor> packed, at::Tensor pre, int64_t gemm) {
+  at::NoGradGuard no_grad;
+  const int64_t T = gates.size(0), B = gates.size(1), H = h.size(2);
+  TORCH_CHECK(gates.is_contiguous() && h.is_contiguous() && c.is_contiguous() && tanh_c.is_contiguous() &&
+                  pre.is_contiguous() && w_h_t.is_contiguous(),
+              "forward_steps: buffers must be contiguous");
+  TORCH_CHECK(gemm != kPacked || packed.has_value(), "forward_steps: packed GEMM without a packed weight");
+  const bool fused_pointwise = hand_written_pointwise(gates);
+  TORCH_CHECK(gemm != kLoop || fused_pointwise, "forward_steps: the loop GEMM is for CPU float32/float64");
+  for (int64_t t = 0; t < T; ++t) {
+    at::Tensor step = gates[t], h_prev = h[t];
+    at::Tensor p;
+    if (gemm == kPacked) {
+      p = packed_linear_add(h_prev, step, *packed);
+    } else if (gemm == kLoop) {
+      AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "small_gemm_rows", [&] {
+        small_gemm_rows<scalar_t>(step.const_data_ptr<scalar_t>(), h_prev.const_data_ptr<scalar_t>(),
+                                  w_h_t.const_data_ptr<scalar_t>(), pre.mutable_data_ptr<scalar_t>(), B, H, 4 * H);
+      });
+      p = pre;
+    } else {
+      p = at::addmm_out(pre, step, h_prev, w_h.t());
+    }
+    if (fused_pointwise) {
+      TORCH_CHECK(p.is_contiguous(), "forward_steps: the step's pre-activations are not contiguous");
+      AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "forward_cell", [&] {
+        forward_cell<scalar_t>(p.const_data_ptr<scalar_t>(), step.mutable_data_ptr<scalar_t>(),
+                               c[t].const_data_ptr<scalar_t>(), c[t + 1].mutable_data_ptr<scalar_t>(),
+                               tanh_c[t].mutable_data_ptr<scalar_t>(), h[t + 1].mutable_data_ptr<scalar_t>(), B, H);
+      });
+    } else {
+      at::Tensor c_next = c[t + 1], tc = tanh_c[t], h_next = h[t + 1];
+      at::Tensor sig = step.narrow(1, 0, 3 * H), u = step.narrow(1, 3 * H, H);
+      at::sigmoid_out(sig, p.narrow(1, 0, 3 * H));
+      at::tanh_out(u, p.narrow(1, 3 * H, H));
+      at::mul_out(c_next, step.narrow(1, 2 * H, H), c[t]);
+      c_next.addcmul_(step.narrow(1, H, H), u);
+      at::tanh_out(tc, c_next);
+      at::mul_out(h_next, step.narrow(1, 0, H), tc);
+    }
+  }
+}
+
+// ---- backward --------------------------------------------------------------------------------
+
+// One step in reverse: from dh (dh_t, dy_t included) and dc (dc_t, updated in place to dc_{t-1})
+// writes da [B, 4H] in canonical order i, f, g, o. Gate clipping as the seed's: da is clamped,
+// dc carries on unclamped.
+template <typename T>
+void backward_row(const T* __restrict g, const T* __restrict c_prev, const T* __restrict tanh_c,
+                  const T* __restrict dh, T* __restrict dc, T* __restrict d, int64_t H, bool clip, T theta) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T o = g[j], i = g[H + j], f = g[2 * H + j], u = g[3 * H + j];
+    const T tc = tanh_c[j], grad_h = dh[j];
+    const T grad_c = dc[j] + grad_h * o * (T(1) - tc * tc);
+    T d_i = grad_c * u * i * (T(1) - i);
+    T d_f = grad_c * c_prev[j] * f * (T(1) - f);
+    T d_g = grad_c * i * (T(1) - u * u);
+    T d_o = grad_h * tc * o * (T(1) - o);
+    if (clip) {
+      d_i = d_i < -theta ? -theta : (d_i > theta ? theta : d_i);
+      d_f = d_f < -theta ? -theta : (d_f > theta ? theta : d_f);
+      d_g = d_g < -theta ? -theta : (d_g > theta ? theta : d_g);
+      d_o = d_o < -theta ? -theta : (d_o > theta ? theta : d_o);
+    }
+    d[j] = d_i;
+    d[H + j] = d_f;
+    d[2 * H + j] = d_g;
+    d[3 * H + j] = d_o;
+    dc[j] = grad_c * f;
+  }
+}
+
+template <typename T>
+void backward_cell(const T* gates, const T* c_prev, const T* tanh_c, const T* dh, T* dc, T* da, int64_t B,
+                   int64_t H, bool clip, T theta) {
+  over_rows(B, H, [=](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      backward_row<T>(gates + b * 4 * H, c_prev + b * H, tanh_c + b * H, dh + b * H, dc + b * H, da + b * 4 * H, H,
+                      clip, theta);
+    }
+  });
+}
+
+// dh = addend + da @ W_hh with W_hh [4H, H] row-major: an axpy over each row.
+template <typename T>
+void small_gemm_cols(const T* __restrict addend, const T* __restrict da, const T* __restrict w, T* __restrict out,
+                     int64_t B, int64_t K, int64_t N) {
+  small_gemm_rows<T>(addend, da, w, out, B, K, N);
+}
+
+std::tuple<at::Tensor, at::Tensor> backward_steps(at::Tensor gates, at::Tensor c, at::Tensor tanh_c,
+                                                  at::Tensor d_gates, at::Tensor dh, at::Tensor dc, at::Tensor d_out,
+                                                  at::Tensor w_hh, std::optional<at::Tensor> packed,
+                                                  std::optional<double> gate_clip, int64_t gemm) {
+  at::NoGradGuard no_grad;
+  const int64_t T = gates.size(0), B = gates.size(1), H = c.size(2);
+  TORCH_CHECK(gates.is_contiguous() && c.is_contiguous() && tanh_c.is_contiguous() && d_gates.is_contiguous() &&
+                  d_out.is_contiguous() && w_hh.is_contiguous(),
+              "backward_steps: buffers must be contiguous");
+  TORCH_CHECK(gemm != kPacked || packed.has_value(), "backward_steps: packed GEMM without a packed weight");
+  dh = dh.contiguous().clone();
+  dc = dc.contiguous().clone();
+  const bool fused_pointwise = hand_written_pointwise(gates);
+  TORCH_CHECK(gemm != kLoop || fused_pointwise, "backward_steps: the loop GEMM is for CPU float32/float64");
+  const bool clip = gate_clip.has_value();
+  const double theta = clip ? *gate_clip : 0.0;
+  at::Tensor zeros = (gemm == kPacked) ? at::zeros_like(dh) : at::Tensor();
+
+  // The ATen path does what the Python loop does: everything that does not depend on the
+  // recurrence computed for all steps at once, five operations per step.
+  at::Tensor dh_factor, dc_factor, dc_dh;
+  if (!fused_pointwise) {
+    at::Tensor o = gates.narrow(2, 0, H), i = gates.narrow(2, H, H), f = gates.narrow(2, 2 * H, H),
+               u = gates.narrow(2, 3 * H, H);
+    at::Tensor sig = gates.narrow(2, 0, 3 * H);
+    at::Tensor d_sig = sig - sig * sig, d_tanh = 1 - u * u;
+    dh_factor = tanh_c * d_sig.narrow(2, 0, H);
+    dc_factor = at::stack({u * d_sig.narrow(2, H, H), c.narrow(0, 0, T) * d_sig.narrow(2, 2 * H, H), i * d_tanh}, 2);
+    dc_dh = (1 - tanh_c * tanh_c).mul_(o);
+  }
+  for (int64_t t = T - 1; t >= 0; --t) {
+    at::Tensor da = d_gates[t];
+    if (fused_pointwise) {
+      AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "backward_cell", [&] {
+        backward_cell<scalar_t>(gates[t].const_data_ptr<scalar_t>(), c[t].const_data_ptr<scalar_t>(),
+                                tanh_c[t].const_data_ptr<scalar_t>(), dh.const_data_ptr<scalar_t>(),
+                                dc.mutable_data_ptr<scalar_t>(), da.mutable_data_ptr<scalar_t>(), B, H, clip,
+                                static_cast<scalar_t>(theta));
+      });
+    } else {
+      dc.addcmul_(dh, dc_dh[t]);
+      at::Tensor da_ifg = da.narrow(1, 0, 3 * H).view({B, 3, H}), da_o = da.narrow(1, 3 * H, H);
+      at::mul_out(da_ifg, dc_factor[t], dc.unsqueeze(1));
+      at::mul_out(da_o, dh, dh_factor[t]);
+      if (clip) da.clamp_(-theta, theta);
+      dc.mul_(gates[t].narrow(1, 2 * H, H));
+    }
+    // dh_{t-1} = dA_t W_hh (+ dy_{t-1}): the one GEMM per step.
+    if (gemm == kPacked) {
+      dh = packed_linear_add(da, t > 0 ? d_out[t - 1] : zeros, *packed);
+    } else if (gemm == kLoop) {
+      AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "small_gemm_cols", [&] {
+        small_gemm_cols<scalar_t>(t > 0 ? d_out[t - 1].const_data_ptr<scalar_t>() : nullptr,
+                                  da.const_data_ptr<scalar_t>(), w_hh.const_data_ptr<scalar_t>(),
+                                  dh.mutable_data_ptr<scalar_t>(), B, 4 * H, H);
+      });
+    } else if (t > 0) {
+      at::addmm_out(dh, d_out[t - 1], da, w_hh);
+    } else {
+      at::mm_out(dh, da, w_hh);
+    }
+  }
+  return {dh, dc};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(lstm_harness_steps, m) {
+  m.def("forward_steps", &forward_steps);
+  m.def("backward_steps", &backward_steps);
+}
