@@ -113,8 +113,8 @@ void forward_cell(const T* pre, T* gates, const T* c_prev, T* c_next, T* tanh_c,
   });
 }
 
-// pre = x_proj + h @ W^T with W^T given as w_t [H, 4H]: rows of w_t are contiguous, so the inner
-// loop is an axpy the compiler vectorises.
+// out [B, N] = addend + x [B, K] @ w [K, N], w row-major: the inner loop is an axpy over a
+// contiguous row, which the compiler vectorises. Forward: w = W_h^T [H, 4H]; backward: W_hh [4H, H].
 template <typename T>
 void small_gemm_rows(const T* __restrict addend, const T* __restrict x, const T* __restrict w_t, T* __restrict out,
                      int64_t B, int64_t K, int64_t N) {
@@ -143,47 +143,76 @@ at::Tensor packed_linear_add(const at::Tensor& x, const at::Tensor& addend, cons
   return op.call(x, addend, packed, std::nullopt, "add");
 }
 
+// The CPU float32/float64 loop: raw pointers stepped by offsets, no tensor made per step (a
+// tensor view costs about half a microsecond, as much as a whole step at hidden 15), except the
+// two views the prepacked GEMM takes.
+template <typename T>
+void forward_loop_cpu(at::Tensor& gates, at::Tensor& h, at::Tensor& c, at::Tensor& tanh_c, const at::Tensor& w_h_t,
+                      const std::optional<at::Tensor>& packed, at::Tensor& pre, int64_t gemm) {
+  const int64_t steps = gates.size(0), B = gates.size(1), H = h.size(2), G = B * 4 * H, S = B * H;
+  T* g = gates.mutable_data_ptr<T>();
+  T* hp = h.mutable_data_ptr<T>();
+  T* cp = c.mutable_data_ptr<T>();
+  T* tc = tanh_c.mutable_data_ptr<T>();
+  T* scratch = pre.mutable_data_ptr<T>();
+  const T* w = w_h_t.const_data_ptr<T>();
+  for (int64_t t = 0; t < steps; ++t) {
+    const T* p = scratch;
+    at::Tensor packed_out;  // keeps the prepacked GEMM's result alive for the pointwise pass
+    if (gemm == kPacked) {
+      packed_out = packed_linear_add(h[t], gates[t], *packed);
+      TORCH_CHECK(packed_out.is_contiguous(), "forward_steps: the prepacked GEMM's result is not contiguous");
+      p = packed_out.const_data_ptr<T>();
+    } else {
+      small_gemm_rows<T>(g + t * G, hp + t * S, w, scratch, B, H, 4 * H);
+    }
+    forward_cell<T>(p, g + t * G, cp + t * S, cp + (t + 1) * S, tc + t * S, hp + (t + 1) * S, B, H);
+  }
+}
+
+// Any device, any dtype: ATen's addmm and the same pointwise operations the Python loop calls.
+void forward_loop_aten(at::Tensor& gates, at::Tensor& h, at::Tensor& c, at::Tensor& tanh_c, const at::Tensor& w_h,
+                       const std::optional<at::Tensor>& packed, at::Tensor& pre, int64_t gemm) {
+  const int64_t steps = gates.size(0), H = h.size(2);
+  const bool fused_pointwise = hand_written_pointwise(gates);
+  for (int64_t t = 0; t < steps; ++t) {
+    at::Tensor step = gates[t];
+    at::Tensor p = gemm == kPacked ? packed_linear_add(h[t], step, *packed) : at::addmm_out(pre, step, h[t], w_h.t());
+    if (fused_pointwise) {
+      AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "forward_cell", [&] {
+        forward_cell<scalar_t>(p.contiguous().const_data_ptr<scalar_t>(), step.mutable_data_ptr<scalar_t>(),
+                               c[t].const_data_ptr<scalar_t>(), c[t + 1].mutable_data_ptr<scalar_t>(),
+                               tanh_c[t].mutable_data_ptr<scalar_t>(), h[t + 1].mutable_data_ptr<scalar_t>(),
+                               gates.size(1), H);
+      });
+      continue;
+    }
+    at::Tensor c_next = c[t + 1], tc = tanh_c[t], h_next = h[t + 1];
+    at::Tensor sig = step.narrow(1, 0, 3 * H), u = step.narrow(1, 3 * H, H);
+    at::sigmoid_out(sig, p.narrow(1, 0, 3 * H));
+    at::tanh_out(u, p.narrow(1, 3 * H, H));
+    at::mul_out(c_next, step.narrow(1, 2 * H, H), c[t]);
+    c_next.addcmul_(step.narrow(1, H, H), u);
+    at::tanh_out(tc, c_next);
+    at::mul_out(h_next, step.narrow(1, 0, H), tc);
+  }
+}
+
 void forward_steps(at::Tensor gates, at::Tensor h, at::Tensor c, at::Tensor tanh_c, at::Tensor w_h,
                    at::Tensor w_h_t, std::optional<at::Tensor> packed, at::Tensor pre, int64_t gemm) {
   at::NoGradGuard no_grad;
-  const int64_t T = gates.size(0), B = gates.size(1), H = h.size(2);
   TORCH_CHECK(gates.is_contiguous() && h.is_contiguous() && c.is_contiguous() && tanh_c.is_contiguous() &&
                   pre.is_contiguous() && w_h_t.is_contiguous(),
               "forward_steps: buffers must be contiguous");
   TORCH_CHECK(gemm != kPacked || packed.has_value(), "forward_steps: packed GEMM without a packed weight");
   const bool fused_pointwise = hand_written_pointwise(gates);
   TORCH_CHECK(gemm != kLoop || fused_pointwise, "forward_steps: the loop GEMM is for CPU float32/float64");
-  for (int64_t t = 0; t < T; ++t) {
-    at::Tensor step = gates[t], h_prev = h[t];
-    at::Tensor p;
-    if (gemm == kPacked) {
-      p = packed_linear_add(h_prev, step, *packed);
-    } else if (gemm == kLoop) {
-      AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "small_gemm_rows", [&] {
-        small_gemm_rows<scalar_t>(step.const_data_ptr<scalar_t>(), h_prev.const_data_ptr<scalar_t>(),
-                                  w_h_t.const_data_ptr<scalar_t>(), pre.mutable_data_ptr<scalar_t>(), B, H, 4 * H);
-      });
-      p = pre;
-    } else {
-      p = at::addmm_out(pre, step, h_prev, w_h.t());
-    }
-    if (fused_pointwise) {
-      TORCH_CHECK(p.is_contiguous(), "forward_steps: the step's pre-activations are not contiguous");
-      AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "forward_cell", [&] {
-        forward_cell<scalar_t>(p.const_data_ptr<scalar_t>(), step.mutable_data_ptr<scalar_t>(),
-                               c[t].const_data_ptr<scalar_t>(), c[t + 1].mutable_data_ptr<scalar_t>(),
-                               tanh_c[t].mutable_data_ptr<scalar_t>(), h[t + 1].mutable_data_ptr<scalar_t>(), B, H);
-      });
-    } else {
-      at::Tensor c_next = c[t + 1], tc = tanh_c[t], h_next = h[t + 1];
-      at::Tensor sig = step.narrow(1, 0, 3 * H), u = step.narrow(1, 3 * H, H);
-      at::sigmoid_out(sig, p.narrow(1, 0, 3 * H));
-      at::tanh_out(u, p.narrow(1, 3 * H, H));
-      at::mul_out(c_next, step.narrow(1, 2 * H, H), c[t]);
-      c_next.addcmul_(step.narrow(1, H, H), u);
-      at::tanh_out(tc, c_next);
-      at::mul_out(h_next, step.narrow(1, 0, H), tc);
-    }
+  if (fused_pointwise && gemm != kAten) {
+    AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "forward_loop_cpu", [&] {
+      forward_loop_cpu<scalar_t>(gates, h, c, tanh_c, w_h_t, packed, pre, gemm);
+    });
+  } else {
+    forward_loop_aten(gates, h, c, tanh_c, w_h, packed, pre, gemm);
   }
 }
 
@@ -228,11 +257,73 @@ void backward_cell(const T* gates, const T* c_prev, const T* tanh_c, const T* dh
   });
 }
 
-// dh = addend + da @ W_hh with W_hh [4H, H] row-major: an axpy over each row.
 template <typename T>
-void small_gemm_cols(const T* __restrict addend, const T* __restrict da, const T* __restrict w, T* __restrict out,
-                     int64_t B, int64_t K, int64_t N) {
-  small_gemm_rows<T>(addend, da, w, out, B, K, N);
+void backward_loop_cpu(const at::Tensor& gates, const at::Tensor& c, const at::Tensor& tanh_c, at::Tensor& d_gates,
+                       at::Tensor& dh, at::Tensor& dc, const at::Tensor& d_out, const at::Tensor& w_hh,
+                       const std::optional<at::Tensor>& packed, bool clip, T theta, int64_t gemm) {
+  const int64_t steps = gates.size(0), B = gates.size(1), H = c.size(2), G = B * 4 * H, S = B * H;
+  const T* g = gates.const_data_ptr<T>();
+  const T* cp = c.const_data_ptr<T>();
+  const T* tc = tanh_c.const_data_ptr<T>();
+  const T* dout = d_out.const_data_ptr<T>();
+  const T* w = w_hh.const_data_ptr<T>();
+  T* da = d_gates.mutable_data_ptr<T>();
+  T* dcp = dc.mutable_data_ptr<T>();
+  at::Tensor zeros = gemm == kPacked ? at::zeros_like(dh) : at::Tensor();
+  for (int64_t t = steps - 1; t >= 0; --t) {
+    backward_cell<T>(g + t * G, cp + t * S, tc + t * S, dh.const_data_ptr<T>(), dcp, da + t * G, B, H, clip, theta);
+    // dh_{t-1} = dA_t W_hh (+ dy_{t-1}): the one GEMM per step.
+    if (gemm == kPacked) {
+      dh = packed_linear_add(d_gates[t], t > 0 ? d_out[t - 1] : zeros, *packed);
+      TORCH_CHECK(dh.is_contiguous(), "backward_steps: the prepacked GEMM's result is not contiguous");
+    } else {
+      small_gemm_rows<T>(t > 0 ? dout + (t - 1) * S : nullptr, da + t * G, w, dh.mutable_data_ptr<T>(), B, 4 * H, H);
+    }
+  }
+}
+
+void backward_loop_aten(const at::Tensor& gates, const at::Tensor& c, const at::Tensor& tanh_c, at::Tensor& d_gates,
+                        at::Tensor& dh, at::Tensor& dc, const at::Tensor& d_out, const at::Tensor& w_hh,
+                        const std::optional<at::Tensor>& packed, std::optional<double> gate_clip, int64_t gemm) {
+  const int64_t steps = gates.size(0), B = gates.size(1), H = c.size(2);
+  const bool fused_pointwise = hand_written_pointwise(gates);
+  at::Tensor zeros = gemm == kPacked ? at::zeros_like(dh) : at::Tensor();
+  // Without the hand-written pass, what the Python loop does: everything that does not depend on
+  // the recurrence computed for all steps at once, five operations per step.
+  at::Tensor dh_factor, dc_factor, dc_dh;
+  if (!fused_pointwise) {
+    at::Tensor o = gates.narrow(2, 0, H), i = gates.narrow(2, H, H), u = gates.narrow(2, 3 * H, H);
+    at::Tensor sig = gates.narrow(2, 0, 3 * H);
+    at::Tensor d_sig = sig - sig * sig, d_tanh = 1 - u * u;
+    dh_factor = tanh_c * d_sig.narrow(2, 0, H);
+    dc_factor = at::stack({u * d_sig.narrow(2, H, H), c.narrow(0, 0, steps) * d_sig.narrow(2, 2 * H, H), i * d_tanh}, 2);
+    dc_dh = (1 - tanh_c * tanh_c).mul_(o);
+  }
+  for (int64_t t = steps - 1; t >= 0; --t) {
+    at::Tensor da = d_gates[t];
+    if (fused_pointwise) {
+      AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "backward_cell", [&] {
+        backward_cell<scalar_t>(gates[t].const_data_ptr<scalar_t>(), c[t].const_data_ptr<scalar_t>(),
+                                tanh_c[t].const_data_ptr<scalar_t>(), dh.const_data_ptr<scalar_t>(),
+                                dc.mutable_data_ptr<scalar_t>(), da.mutable_data_ptr<scalar_t>(), B, H,
+                                gate_clip.has_value(), static_cast<scalar_t>(gate_clip.value_or(0.0)));
+      });
+    } else {
+      dc.addcmul_(dh, dc_dh[t]);
+      at::Tensor da_ifg = da.narrow(1, 0, 3 * H).view({B, 3, H}), da_o = da.narrow(1, 3 * H, H);
+      at::mul_out(da_ifg, dc_factor[t], dc.unsqueeze(1));
+      at::mul_out(da_o, dh, dh_factor[t]);
+      if (gate_clip.has_value()) da.clamp_(-*gate_clip, *gate_clip);
+      dc.mul_(gates[t].narrow(1, 2 * H, H));
+    }
+    if (gemm == kPacked) {
+      dh = packed_linear_add(da, t > 0 ? d_out[t - 1] : zeros, *packed);
+    } else if (t > 0) {
+      at::addmm_out(dh, d_out[t - 1], da, w_hh);
+    } else {
+      at::mm_out(dh, da, w_hh);
+    }
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> backward_steps(at::Tensor gates, at::Tensor c, at::Tensor tanh_c,
@@ -240,62 +331,22 @@ std::tuple<at::Tensor, at::Tensor> backward_steps(at::Tensor gates, at::Tensor c
                                                   at::Tensor w_hh, std::optional<at::Tensor> packed,
                                                   std::optional<double> gate_clip, int64_t gemm) {
   at::NoGradGuard no_grad;
-  const int64_t T = gates.size(0), B = gates.size(1), H = c.size(2);
   TORCH_CHECK(gates.is_contiguous() && c.is_contiguous() && tanh_c.is_contiguous() && d_gates.is_contiguous() &&
                   d_out.is_contiguous() && w_hh.is_contiguous(),
               "backward_steps: buffers must be contiguous");
   TORCH_CHECK(gemm != kPacked || packed.has_value(), "backward_steps: packed GEMM without a packed weight");
+  // Its own copies: the caller's dh_T and dc_T are not written.
   dh = dh.contiguous().clone();
   dc = dc.contiguous().clone();
   const bool fused_pointwise = hand_written_pointwise(gates);
   TORCH_CHECK(gemm != kLoop || fused_pointwise, "backward_steps: the loop GEMM is for CPU float32/float64");
-  const bool clip = gate_clip.has_value();
-  const double theta = clip ? *gate_clip : 0.0;
-  at::Tensor zeros = (gemm == kPacked) ? at::zeros_like(dh) : at::Tensor();
-
-  // The ATen path does what the Python loop does: everything that does not depend on the
-  // recurrence computed for all steps at once, five operations per step.
-  at::Tensor dh_factor, dc_factor, dc_dh;
-  if (!fused_pointwise) {
-    at::Tensor o = gates.narrow(2, 0, H), i = gates.narrow(2, H, H), f = gates.narrow(2, 2 * H, H),
-               u = gates.narrow(2, 3 * H, H);
-    at::Tensor sig = gates.narrow(2, 0, 3 * H);
-    at::Tensor d_sig = sig - sig * sig, d_tanh = 1 - u * u;
-    dh_factor = tanh_c * d_sig.narrow(2, 0, H);
-    dc_factor = at::stack({u * d_sig.narrow(2, H, H), c.narrow(0, 0, T) * d_sig.narrow(2, 2 * H, H), i * d_tanh}, 2);
-    dc_dh = (1 - tanh_c * tanh_c).mul_(o);
-  }
-  for (int64_t t = T - 1; t >= 0; --t) {
-    at::Tensor da = d_gates[t];
-    if (fused_pointwise) {
-      AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "backward_cell", [&] {
-        backward_cell<scalar_t>(gates[t].const_data_ptr<scalar_t>(), c[t].const_data_ptr<scalar_t>(),
-                                tanh_c[t].const_data_ptr<scalar_t>(), dh.const_data_ptr<scalar_t>(),
-                                dc.mutable_data_ptr<scalar_t>(), da.mutable_data_ptr<scalar_t>(), B, H, clip,
-                                static_cast<scalar_t>(theta));
-      });
-    } else {
-      dc.addcmul_(dh, dc_dh[t]);
-      at::Tensor da_ifg = da.narrow(1, 0, 3 * H).view({B, 3, H}), da_o = da.narrow(1, 3 * H, H);
-      at::mul_out(da_ifg, dc_factor[t], dc.unsqueeze(1));
-      at::mul_out(da_o, dh, dh_factor[t]);
-      if (clip) da.clamp_(-theta, theta);
-      dc.mul_(gates[t].narrow(1, 2 * H, H));
-    }
-    // dh_{t-1} = dA_t W_hh (+ dy_{t-1}): the one GEMM per step.
-    if (gemm == kPacked) {
-      dh = packed_linear_add(da, t > 0 ? d_out[t - 1] : zeros, *packed);
-    } else if (gemm == kLoop) {
-      AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "small_gemm_cols", [&] {
-        small_gemm_cols<scalar_t>(t > 0 ? d_out[t - 1].const_data_ptr<scalar_t>() : nullptr,
-                                  da.const_data_ptr<scalar_t>(), w_hh.const_data_ptr<scalar_t>(),
-                                  dh.mutable_data_ptr<scalar_t>(), B, 4 * H, H);
-      });
-    } else if (t > 0) {
-      at::addmm_out(dh, d_out[t - 1], da, w_hh);
-    } else {
-      at::mm_out(dh, da, w_hh);
-    }
+  if (fused_pointwise && gemm != kAten) {
+    AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "backward_loop_cpu", [&] {
+      backward_loop_cpu<scalar_t>(gates, c, tanh_c, d_gates, dh, dc, d_out, w_hh, packed, gate_clip.has_value(),
+                                  static_cast<scalar_t>(gate_clip.value_or(0.0)), gemm);
+    });
+  } else {
+    backward_loop_aten(gates, c, tanh_c, d_gates, dh, dc, d_out, w_hh, packed, gate_clip, gemm);
   }
   return {dh, dc};
 }
