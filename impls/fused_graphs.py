@@ -88,6 +88,7 @@ class GraphedFusedLSTM(FusedLSTM):
     name = "fused_graphs"
     description = "fused, with the whole forward and the whole backward replayed as captured CUDA graphs"
     capture_cls = CudaGraphCapture  # tests run the same code with EagerCapture on the CPU
+    use_native_loop = False  # a replayed graph has no per-step host cost for C++ to save
 
     @classmethod
     def supports(cls, problem: Problem) -> Support:

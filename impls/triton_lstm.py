@@ -64,6 +64,7 @@ class TritonLSTM(FusedLSTM):
                    "backward), GEMMs left to torch (cuBLAS)")
     gate_clipping = True
     use_packed_gemm = False  # torch.addmm everywhere: on CUDA there is no other path anyway
+    use_native_loop = False  # its own per-step kernels replace the loop (_forward_steps, _backward_steps)
 
     @classmethod
     def supports(cls, problem: Problem) -> Support:

@@ -9,7 +9,7 @@ from harness.contract.registry import discover
 from impls import cupy_lstm
 from impls.cudnn import _detected_backend
 
-BUILTINS = ["cudnn", "fused", "modular", "cupy", "compiled"]
+BUILTINS = ["cudnn", "fused", "fused_python", "modular", "cupy", "compiled"]
 SHAPES = [
     Problem(batch=5, length=7, input_size=12, hidden=16, layers=2),
     Problem(batch=1, length=1, input_size=3, hidden=4, layers=1),

@@ -364,3 +364,20 @@ def test_setup_time_is_a_column_per_implementation(tmp_path):
     assert "<0.001 first, then <0.001-<0.001" in next(l for l in backends.splitlines() if l.startswith("| fused "))
     main([str(FIXTURE), "--out-dir", str(tmp_path), "--name", "old", "--no-plots"])
     assert "Setup (s)" not in (tmp_path / "old.md").read_text()
+
+
+def test_the_harness_own_time_per_round_is_a_line_where_recorded(tmp_path):
+    data = json.loads(FIXTURE.read_text())
+    for bench in data["benchmarks"]:
+        info = bench["extra_info"]
+        info["harness_seconds"], info["rotation_seconds"] = 2e-6, 5e-6
+        if info["impl"] == "cudnn" and info["phase"] == "forward" and info["batch"] == 5:
+            info["harness_seconds"] = bench["stats"]["median"] * 0.02  # 2 % of its own round
+    path = tmp_path / "with-costs.json"
+    path.write_text(json.dumps(data))
+    main([str(path), "--out-dir", str(tmp_path), "--name", "c", "--no-plots"])
+    line = next(l for l in (tmp_path / "c.md").read_text().splitlines() if "Harness's own time" in l)
+    assert "2.0 us per round" in line and "at most 2.000 % of a round: cudnn forward" in line
+    assert "input rotation 5.0 us per round" in line
+    main([str(FIXTURE), "--out-dir", str(tmp_path), "--name", "old", "--no-plots"])
+    assert "Harness's own time" not in (tmp_path / "old.md").read_text()

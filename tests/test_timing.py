@@ -1,3 +1,5 @@
+import time
+
 import pytest
 import torch
 
@@ -158,3 +160,24 @@ def test_allocator_setting_is_applied_once_and_described():
 
     first = keep_freed_memory()
     assert first and keep_freed_memory() is first
+
+
+@pytest.mark.parametrize("phase", ["forward", "backward", "total"])
+def test_the_harness_own_cost_is_each_round_minus_the_implementations_calls(small, phase):
+    """`inner` times exactly the implementation's calls of the target (not the setup's forward of a
+    backward round); harness_costs lines the timed rounds up after the warm-up ones."""
+    sets = timed_sets(small)
+    calls = TimedCalls(Recorder(small, sets[1].weights), sets, phase, "cpu")
+    calls.reset_costs()
+    rounds = []
+    for _ in range(5):
+        args, kwargs = calls.setup()
+        started = time.perf_counter()
+        calls.target(*args, **kwargs)
+        rounds.append(time.perf_counter() - started)
+    assert len(calls.inner) == len(calls.rotation) == 5
+    assert all(0 < i <= r for i, r in zip(calls.inner, rounds, strict=True))
+    harness, rotation = calls.harness_costs(rounds[1:], warmup=1)
+    assert harness == sorted(r - i for r, i in zip(rounds[1:], calls.inner[1:], strict=True))[2]
+    assert rotation == sorted(calls.rotation[1:])[2]
+    assert calls.harness_costs(rounds, warmup=1) is None  # more rounds than calls: not lined up

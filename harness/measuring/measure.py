@@ -152,7 +152,9 @@ def _timed_and_checked(benchmark, config, session: BenchSession, reg: Registrati
     check_seconds = time.perf_counter() - started
     synchronize(problem.device)  # nothing queued (backend detection, the reference) drains into round 1
     try:
+        calls.reset_costs()
         benchmark.pedantic(calls.target, setup=calls.setup, rounds=rounds, warmup_rounds=settings.warmup)
+        costs = None if benchmark.disabled else calls.harness_costs(list(benchmark.stats.stats.data), settings.warmup)
         started = time.perf_counter()
         check = session.check_after_timing(reg, problem, prepared, calls, before)
     except BaseException:
@@ -164,7 +166,9 @@ def _timed_and_checked(benchmark, config, session: BenchSession, reg: Registrati
         discard_point(benchmark, config, session, reg, problem, phase, check)
         raise AgreementError(check)
     measurement = dataclasses.replace(measurement, verified=check.check, verified_max_error=check.max_error,
-                                      check_seconds=check_seconds + time.perf_counter() - started)
+                                      check_seconds=check_seconds + time.perf_counter() - started,
+                                      harness_seconds=costs[0] if costs else None,
+                                      rotation_seconds=costs[1] if costs else None)
     benchmark.extra_info.update(measurement.to_json())
     if phase == PHASES[-1]:
         session.measured.pop((reg.name, problem), None)  # the point is complete: nothing left to take back

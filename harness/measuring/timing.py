@@ -158,6 +158,11 @@ class TimedCalls:
     reference to its result (no copy, nothing else inside the timed region) for the check after
     timing. Every setup and every target ends in a device sync; a backward's setup runs a fresh
     forward on the same values.
+
+    The harness's own cost is measured as it goes: `inner` holds, per call, the seconds of the
+    implementation's calls and the device sync (read by perf_counter inside the target), so a
+    round's time minus its `inner` is what the harness added inside the timed region; `rotation`
+    holds each setup's input copies (outside it).
     """
 
     PROBE_SET_INDEX = 1  # the probe runs on the second timed set: the checked first set is new then
@@ -177,6 +182,8 @@ class TimedCalls:
         self.last_set: int | None = None  # the set whose values are in the buffers
         self.result: object = None  # the last planned call's result ...
         self.result_set: int | None = None  # ... and the set it ran on
+        self.inner: list[float] = []
+        self.rotation: list[float] = []
         self.plan(1, last=self.PROBE_SET_INDEX)
 
     @property
@@ -205,8 +212,11 @@ class TimedCalls:
         self.calls += 1
         self.last_set = self.numbers[index]
         source, b = self.sets[self.last_set], self.buffers
+        started = time.perf_counter()
         for name in ("x", "h0", "c0", "dy", "dh_n", "dc_n"):
             getattr(b, name).copy_(getattr(source, name))
+        synchronize(self.device)
+        self.rotation.append(time.perf_counter() - started)
         if self.phase == "backward":
             self.impl.forward(b.x, b.h0, b.c0)
         synchronize(self.device)
@@ -221,20 +231,44 @@ class TimedCalls:
             self.result, self.result_set = result, self.last_set
 
     def _forward(self, x, h0, c0):
+        started = time.perf_counter()
         out = self.impl.forward(x, h0, c0)
         synchronize(self.device)
+        self.inner.append(time.perf_counter() - started)
         self._keep(out)
         return out
 
     def _backward(self, dy, dh_n, dc_n):
+        started = time.perf_counter()
         grads = self.impl.backward(dy, dh_n, dc_n)
         synchronize(self.device)
+        self.inner.append(time.perf_counter() - started)
         self._keep(grads)
         return grads
 
     def _total(self, x, h0, c0, dy, dh_n, dc_n):
+        started = time.perf_counter()
         self.impl.forward(x, h0, c0)
-        return self._backward(dy, dh_n, dc_n)
+        grads = self.impl.backward(dy, dh_n, dc_n)
+        synchronize(self.device)
+        self.inner.append(time.perf_counter() - started)
+        self._keep(grads)
+        return grads
+
+    def reset_costs(self) -> None:
+        self.inner.clear()
+        self.rotation.clear()
+
+    def harness_costs(self, round_seconds: list[float], warmup: int) -> tuple[float, float] | None:
+        """(median seconds the harness added inside the timed region per round, median seconds of
+        input rotation per round) over the timed rounds, whose times pytest-benchmark measured as
+        `round_seconds`, after `warmup` rounds; None when the counts do not line up."""
+        timed = slice(warmup, warmup + len(round_seconds))
+        inner, rotation = self.inner[timed], self.rotation[timed]
+        if not round_seconds or len(inner) != len(round_seconds) or len(rotation) != len(round_seconds):
+            return None
+        outside = sorted(r - i for r, i in zip(round_seconds, inner, strict=True))
+        return outside[len(outside) // 2], sorted(rotation)[len(rotation) // 2]
 
 
 def probe(calls: TimedCalls, baseline: int | None = None) -> tuple[float, int | None]:

@@ -26,7 +26,8 @@ from harness.contract.problem import PHASES, Problem, ProblemError
 
 RESULTS_KEY = "lstm_harness"  # machine_info[RESULTS_KEY]: the environment; output[RESULTS_KEY]: the run
 SCHEMA_KEY = "schema"  # output[RESULTS_KEY][SCHEMA_KEY]: the version of this record
-SCHEMA_VERSION = "1.2"  # 1.1: setup_seconds; 1.2: a sweep's shards (each with its environment), not_timed.shard
+SCHEMA_VERSION = "1.3"  # 1.1: setup_seconds; 1.2: a sweep's shards (each with its environment), not_timed.shard;
+# 1.3: harness_seconds and rotation_seconds (the harness's own cost per round)
 ABSENT_SCHEMA = "1.0"  # files written before the version was recorded
 
 PROBLEM_FIELDS = tuple(f.name for f in dataclasses.fields(Problem))
@@ -147,7 +148,7 @@ _MEASUREMENT_KINDS = {
     "seed": ("integer", True), "warmup_rounds": ("integer", True),
     "ceiling_gflops": ("number", True), "saved_bytes": ("number", True), "peak_bytes": ("number", True),
     "peak_includes": ("string", True), "threads": ("integer", True), "process_state": ("object", True),
-    "setup_seconds": ("number", True),
+    "setup_seconds": ("number", True), "harness_seconds": ("number", True), "rotation_seconds": ("number", True),
 }
 
 
@@ -186,6 +187,11 @@ class Measurement:
     # Wall time of building the instance that was checked and timed (weight conversion, compilation,
     # extension builds: whatever __init__ does), measured by the harness, outside every timed region.
     setup_seconds: float | None = None
+    # The harness's own cost per timed round (medians): inside the timed region but outside the
+    # implementation's calls and the device sync (pytest-benchmark's timer, the target's Python),
+    # and the input rotation of each round's setup (outside the timed region).
+    harness_seconds: float | None = None
+    rotation_seconds: float | None = None
     precision: dict = field(default_factory=dict)  # flag name -> value, written flat
     extra: dict = field(default_factory=dict)  # keys of a newer minor version, kept as they were
 
@@ -203,7 +209,8 @@ class Measurement:
         out = {"impl": self.impl, "backend": self.backend, "origin": self.origin, "phase": self.phase,
                "problem_id": self.problem.id, **self.problem.as_dict()}
         out.update({k: getattr(self, k) for k in _MEASUREMENT_KINDS if k not in out})
-        for k in ("verified", "verified_max_error", "check_seconds"):  # written only once checked
+        for k in ("verified", "verified_max_error", "check_seconds", "harness_seconds",
+                  "rotation_seconds"):  # written only once checked
             if out[k] is None:
                 del out[k]
         return out | self.precision | self.extra

@@ -205,6 +205,20 @@ OLD_PEAK_INCLUDES = ("peak allocated by torch's CUDA allocator during the phase,
                      "before the call (written before the results recorded what the number includes)")
 
 
+def _harness_cost_lines(t: pd.DataFrame) -> list[str]:
+    """What the harness itself added per timed round, where the results file records it (1.3 on)."""
+    if t.get("harness_seconds") is None or t["harness_seconds"].isna().all():
+        return []
+    t = t.dropna(subset=["harness_seconds"])
+    share = 100 * t["harness_seconds"] / (t["median_ms"] * 1e-3)
+    worst = t.loc[share.idxmax()]
+    return [f"- **Harness's own time**: inside the timed region but outside the implementation (pytest-benchmark's "
+            f"timer, the call, keeping the result) {1e6 * t['harness_seconds'].median():.1f} us per round (median "
+            f"over all rows; at most {share.max():.3f} % of a round: {worst['impl']} {worst['phase']} on "
+            f"{worst['problem_id']}); input rotation {1e6 * t['rotation_seconds'].median():.1f} us per round "
+            "(median), in each round's setup, outside the timed region"]
+
+
 def _peak_lines(t: pd.DataFrame) -> list[str]:
     """What the Peak columns count, when any table has them (CUDA rows with a peak)."""
     rows = t[(t.device == "cuda") & t.peak_bytes.notna()] if "peak_bytes" in t else t.iloc[:0]
@@ -237,6 +251,7 @@ def _timing_lines(t: pd.DataFrame) -> list[str]:
         f"reference on that problem (norm-wise relative error of outputs and all gradients; tolerance "
         f"{tol}; worst seen {t['agreement_max_error'].max():.1e})" + _checked_lines(t),
         *_peak_lines(t),
+        *_harness_cost_lines(t),
         "",
         "## Implementations",
         "",

@@ -1,0 +1,122 @@
+"""The C++ time loop of `fused` (impls/native): built here, right in every mode, and the Python
+loop (with a label that says so) wherever it cannot be built."""
+
+import pytest
+import torch
+
+from harness.contract.agreement import check_agreement
+from harness.contract.inputs import make_inputs
+from harness.contract.problem import Problem
+from impls import native
+from impls.fused import GEMM_ATEN, GEMM_LOOP, GEMM_PACKED, FusedLSTM, FusedPythonLSTM, packed_gemm_available
+
+# One problem per path through the loop: its own small products, oneDNN-prepacked products
+# (threaded pointwise pass too: batch x hidden >= 8192), ATen's addmm, and the ATen pointwise
+# operations (bfloat16: no hand-written pass).
+MODES = [
+    (Problem(batch=1, length=9, input_size=1, hidden=15, layers=1), GEMM_LOOP),
+    (Problem(batch=3, length=6, input_size=5, hidden=23, layers=3, dtype="float64"), GEMM_LOOP),
+    (Problem(batch=32, length=3, input_size=40, hidden=256, layers=2), GEMM_PACKED),
+    (Problem(batch=20, length=4, input_size=30, hidden=130, layers=2, dtype="float64"), GEMM_ATEN),
+    (Problem(batch=2, length=5, input_size=8, hidden=8, layers=2, dtype="bfloat16"), GEMM_ATEN),
+]
+
+
+def test_the_extension_builds_here_and_says_how():
+    steps = native.native_steps()
+    assert steps.available, steps.reason
+    assert steps.describe().startswith(("compiled in", "loaded from cache in"))
+    assert "-O3" in steps.flags
+    assert "C++ time loop" in FusedLSTM.backend(MODES[0][0])
+    assert "Python time loop" in FusedPythonLSTM.backend(MODES[0][0])
+
+
+@pytest.mark.parametrize(("problem", "mode"), MODES, ids=lambda v: v.id if isinstance(v, Problem) else str(v))
+def test_every_path_of_the_loop_agrees_with_the_reference(problem, mode):
+    if mode == GEMM_PACKED and not packed_gemm_available(problem):
+        pytest.skip("no oneDNN prepacked GEMMs in this torch build")
+    if problem.dtype == "bfloat16" and not torch.backends.mkldnn.is_available():
+        pytest.skip("bfloat16 on the CPU needs oneDNN")
+    assert FusedLSTM.gemm_mode(problem, native=True) == mode
+    agreement, impl = check_agreement(FusedLSTM, problem)
+    assert impl.native is not None
+    assert agreement.passed, agreement.summary() + "\n" + agreement.table()
+
+
+@pytest.mark.parametrize(("problem", "mode"), MODES[:4], ids=lambda v: v.id if isinstance(v, Problem) else str(v))
+def test_gate_clipping_in_cpp_is_the_python_loops(problem, mode):
+    """Clamped gate gradients, dc carried on unclamped: one planted difference would show."""
+    inputs = make_inputs(problem, seed=3)
+    results = []
+    for cls in (FusedLSTM, FusedPythonLSTM):
+        impl = cls(problem, inputs.weights)
+        impl.forward(inputs.x, inputs.h0, inputs.c0)
+        grads = impl.backward(inputs.dy * 50, inputs.dh_n, inputs.dc_n, gate_clip=0.01)
+        results.append({k: v.clone() for k, v in grads.named().items()})
+    cpp, python = results
+    tol = 1e-12 if problem.dtype == "float64" else 1e-5
+    for name, value in python.items():
+        err = float((cpp[name].double() - value.double()).norm() / value.double().norm().clamp_min(1e-30))
+        assert err < tol, f"{name}: {err:.2e}"
+    unclipped = FusedLSTM(problem, inputs.weights)
+    unclipped.forward(inputs.x, inputs.h0, inputs.c0)
+    assert not torch.equal(unclipped.backward(inputs.dy * 50, inputs.dh_n, inputs.dc_n).dx, cpp["dx"])
+
+
+def test_nan_and_saturation_come_out_as_they_should():
+    """The loop's own exp/tanh clamp their argument: a NaN must still come out NaN, and gates
+    driven far into saturation must give what torch's functions give."""
+    problem = MODES[0][0]
+    inputs = make_inputs(problem)
+    impl = FusedLSTM(problem, inputs.weights)
+    x = inputs.x.clone()
+    x[4, 0, 0] = float("nan")
+    y = impl.forward(x, inputs.h0, inputs.c0).y
+    assert torch.isnan(y[4:]).all() and not torch.isnan(y[:4]).any()
+    loud = inputs.x * 1e4
+    python = FusedPythonLSTM(problem, inputs.weights).forward(loud, inputs.h0, inputs.c0)
+    cpp = FusedLSTM(problem, inputs.weights).forward(loud, inputs.h0, inputs.c0)
+    assert torch.allclose(cpp.y, python.y, rtol=0, atol=1e-6) and torch.allclose(cpp.c_n, python.c_n, atol=1e-5)
+
+
+def test_backward_leaves_its_inputs_alone():
+    problem = MODES[0][0]
+    inputs = make_inputs(problem)
+    impl = FusedLSTM(problem, inputs.weights)
+    impl.forward(inputs.x, inputs.h0, inputs.c0)
+    before = [t.clone() for t in (inputs.dy, inputs.dh_n, inputs.dc_n)]
+    impl.backward(inputs.dy, inputs.dh_n, inputs.dc_n, gate_clip=0.1)
+    assert all(torch.equal(a, b) for a, b in zip(before, (inputs.dy, inputs.dh_n, inputs.dc_n), strict=True))
+
+
+def test_a_subclass_that_overrides_a_python_loop_seam_gets_the_python_loop():
+    class Planted(FusedLSTM):
+        _tanh = staticmethod(lambda t, out: torch.tanh(t, out=out))
+
+    assert Planted.native_loop() is None and "Python time loop" in Planted.backend(MODES[0][0])
+
+
+def test_the_build_name_follows_the_source_and_the_flags(monkeypatch, tmp_path):
+    name = native.build_name(["-O3"])
+    assert name != native.build_name(["-O2"])
+    changed = tmp_path / "lstm_steps.cpp"
+    changed.write_text(native.SOURCE.read_text() + "\n// changed\n")
+    monkeypatch.setattr(native, "SOURCE", changed)
+    assert native.build_name(["-O3"]) != name
+
+
+@pytest.mark.parametrize(("env", "reason"), [({"LSTM_HARNESS_NO_NATIVE": "1"}, "LSTM_HARNESS_NO_NATIVE is set"),
+                                             ({"CXX": "/nonexistent/c++"}, "no C++ compiler found")])
+def test_without_the_extension_the_python_loop_runs_and_says_why(monkeypatch, run_python, env, reason):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    code = ("from harness.contract.agreement import check_agreement\n"
+            "from harness.contract.problem import Problem\n"
+            "from impls.fused import FusedLSTM\n"
+            "p = Problem(batch=2, length=4, input_size=3, hidden=5, layers=2)\n"
+            "agreement, impl = check_agreement(FusedLSTM, p)\n"
+            "assert impl.native is None and agreement.passed\n"
+            "print(FusedLSTM.backend(p))\n")
+    done = run_python("-c", code)
+    assert done.returncode == 0, done.stderr
+    assert "Python time loop (C++ loop not built: " in done.stdout and reason in done.stdout
