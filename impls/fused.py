@@ -36,7 +36,7 @@ PACKED_MIN_HIDDEN = 256
 # a library call's fixed cost (a few us) is more than the arithmetic (batch 1, hidden 15: 900).
 LOOP_GEMM_MAX_MACS = 1 << 18
 # GEMM modes of the C++ loop (impls/native/lstm_steps.cpp).
-GEMM_ATEN, GEMM_PACKED, GEMM_LOOP = 0, 1, 2
+GEMM_ATEN, GEMM_PACKED, GEMM_LOOP, GEMM_MKL = 0, 1, 2, 3
 
 
 def packed_gemm_available(problem: Problem) -> bool:
@@ -71,6 +71,18 @@ class Gemm:
         return torch.ops.mkldnn._linear_pointwise.binary(x, addend, self.packed, self.bias, "add")
 
 
+class MklPacked:
+    """A weight packed for MKL's packed GEMM (cblas_sgemm_pack) by the C++ loop, as the B operand
+    of [batch, k] @ B with B = w^T (`transposed`) or w: the per-step products of the C++ loop."""
+
+    def __init__(self, ops, w: torch.Tensor, batch: int, transposed: bool) -> None:
+        self.ops, self.w, self.batch, self.transposed = ops, w, batch, transposed
+        self.packed = ops.mkl_pack(w, batch, transposed, None)
+
+    def refresh(self) -> None:
+        self.ops.mkl_pack(self.w, self.batch, self.transposed, self.packed)
+
+
 class _Layer:
     """One layer's weights (forward: fused gate order; backward: canonical, transposed), its
     per-step GEMMs and activation buffers. Every weight tensor is the layer's own, so set_weights
@@ -87,6 +99,7 @@ class _Layer:
         self.w_h_rows = w_h.t().clone(memory_format=torch.contiguous_format)
         self.w_hh = canonical.w_hh.clone(memory_format=torch.contiguous_format)
         self.forward_gemm = self.backward_gemm = self.input_gemm = self.dx_gemm = None
+        self.mkl = None
         self.shape = None
 
     def load(self, w_x, w_h, bias, canonical: LayerWeights) -> None:
@@ -98,11 +111,11 @@ class _Layer:
             if mine.shape != new.shape:  # copy_ would broadcast a wrong shape silently
                 raise ValueError(f"set_weights: a weight of shape {tuple(new.shape)}, expected {tuple(mine.shape)}")
             mine.copy_(new)
-        for gemm in (self.forward_gemm, self.backward_gemm, self.input_gemm, self.dx_gemm):
+        for gemm in (self.forward_gemm, self.backward_gemm, self.input_gemm, self.dx_gemm, *(self.mkl or ())):
             if gemm is not None:
                 gemm.refresh()
 
-    def buffers(self, T: int, B: int, H: int, like: torch.Tensor, packed: bool) -> None:
+    def buffers(self, T: int, B: int, H: int, like: torch.Tensor, packed: bool, step_mode: int, ops) -> None:
         if self.shape == (T, B):
             return
         new = lambda *s: torch.empty(*s, dtype=like.dtype, device=like.device)  # noqa: E731
@@ -114,8 +127,12 @@ class _Layer:
         self.pre = new(B, 4 * H)  # scratch for one step's pre-activation
         # Prepacking is tuned to the row count of the product.
         if self.shape is None or self.shape[1] != B:
-            self.forward_gemm = Gemm(self.w_h, B, packed)  # h_{t-1} @ W_h^T
-            self.backward_gemm = Gemm(self.w_h_t, B, packed)  # dA_t @ W_h
+            # The per-step products: oneDNN-prepacked in GEMM_PACKED mode, MKL-packed in GEMM_MKL.
+            step_packed = packed and step_mode == GEMM_PACKED
+            self.forward_gemm = Gemm(self.w_h, B, step_packed)  # h_{t-1} @ W_h^T
+            self.backward_gemm = Gemm(self.w_h_t, B, step_packed)  # dA_t @ W_h
+            self.mkl = ((MklPacked(ops, self.w_h, B, True), MklPacked(ops, self.w_hh, B, False))
+                        if step_mode == GEMM_MKL else None)
         self.input_gemm = Gemm(self.w_x, T * B, packed, bias=self.bias)  # X @ W_x^T + b, all steps
         self.dx_gemm = Gemm(self.w_x_t, T * B, packed)  # dA @ W_x, all steps
         self.shape = (T, B)
@@ -129,6 +146,7 @@ class FusedLSTM(Impl):
     gate_clipping = True
     use_packed_gemm = True  # tests turn it off to cover the torch.addmm path everywhere
     use_native_loop = True  # False: the time loop in Python (fused_python)
+    use_mkl_gemm = True  # the C++ loop's per-step products on MKL's packed GEMM where torch has MKL
 
     @classmethod
     def native_loop(cls):
@@ -142,12 +160,17 @@ class FusedLSTM(Impl):
 
     @classmethod
     def gemm_mode(cls, problem: Problem, native: bool) -> int:
-        """Which per-step product runs: the prepacked one, the C++ loop's own, or ATen's."""
+        """Which per-step product runs: the C++ loop's own (tiny sizes), MKL's packed GEMM (the C++
+        loop, float32 on the CPU), the oneDNN-prepacked one, or ATen's."""
+        cpu = problem.device == "cpu"
+        if native and cpu and problem.dtype in ("float32", "float64") \
+                and problem.batch * 4 * problem.hidden ** 2 <= LOOP_GEMM_MAX_MACS:
+            return GEMM_LOOP
+        if native and cpu and problem.dtype == "float32" and cls.use_mkl_gemm \
+                and native_steps().ops.has_mkl_packed_gemm():
+            return GEMM_MKL
         if cls.use_packed_gemm and packed_gemm_available(problem):
             return GEMM_PACKED
-        if (native and problem.device == "cpu" and problem.dtype in ("float32", "float64")
-                and problem.batch * 4 * problem.hidden ** 2 <= LOOP_GEMM_MAX_MACS):
-            return GEMM_LOOP
         return GEMM_ATEN
 
     @classmethod
@@ -160,7 +183,7 @@ class FusedLSTM(Impl):
         else:
             loop = "Python time loop"
         gemm = {GEMM_PACKED: "oneDNN-prepacked per-step GEMMs", GEMM_LOOP: "per-step products in the C++ loop",
-                GEMM_ATEN: "torch.addmm GEMMs"}[cls.gemm_mode(problem, native)]
+                GEMM_MKL: "MKL-packed per-step GEMMs", GEMM_ATEN: "torch.addmm GEMMs"}[cls.gemm_mode(problem, native)]
         return f"PyTorch {torch.__version__} ops, {loop}, {gemm} ({problem.device})"
 
     def __init__(self, problem: Problem, weights: list[LayerWeights]) -> None:
@@ -220,7 +243,7 @@ class FusedLSTM(Impl):
         self.x = x
         layer_input = x
         for l, layer in enumerate(self.layers):
-            layer.buffers(T, B, H, x, self.packed)
+            layer.buffers(T, B, H, x, self.packed, self._mode, self.native)
             # All T input projections and both biases in one GEMM.
             layer.gates = layer.input_gemm(layer_input.reshape(T * B, -1),
                                            out=layer.gates.view(T * B, 4 * H)).view(T, B, 4 * H)
@@ -237,8 +260,9 @@ class FusedLSTM(Impl):
         """The recurrence of one layer: gates hold the input projections; fills gates (activated),
         h[1:], c[1:] and tanh_c."""
         if self.native is not None:
+            packed = layer.mkl[0].packed if layer.mkl else layer.forward_gemm.packed
             self.native.forward_steps(layer.gates, layer.h, layer.c, layer.tanh_c, layer.w_h, layer.w_h_rows,
-                                      layer.forward_gemm.packed, layer.pre, self._mode)
+                                      packed, layer.pre, self._mode)
             return
         gates = layer.gates
         # Per-step views made in a few calls up front: at small batches the Python cost of
@@ -279,9 +303,9 @@ class FusedLSTM(Impl):
         """The recurrence of one layer in reverse, from dh_T (dy_T included) and dc_T: fills d_gates
         (dA in canonical order i, f, g, o) and returns dh_0, dc_0. `d_out` is dy of this layer."""
         if self.native is not None:
+            packed = layer.mkl[1].packed if layer.mkl else layer.backward_gemm.packed
             return self.native.backward_steps(layer.gates, layer.c, layer.tanh_c, layer.d_gates, dh, dc,
-                                              d_out.contiguous(), layer.w_hh, layer.backward_gemm.packed, gate_clip,
-                                              self._mode)
+                                              d_out.contiguous(), layer.w_hh, packed, gate_clip, self._mode)
         T, B = layer.shape
         H = self.problem.hidden
         gates, d_gates, c, tanh_c = layer.gates, layer.d_gates, layer.c, layer.tanh_c

@@ -18,10 +18,35 @@
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <type_traits>
+
+// MKL's packed GEMM (the API it has for RNNs: a weight packed once, then small products on it
+// with next to no per-call cost). PyTorch's x86 builds link MKL and export these; declared weak so
+// the library still loads on a build without MKL, where mkl_packed_available() says no.
+extern "C" {
+size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k) __attribute__((weak));
+void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n, int k, float alpha, const float* src,
+                      int ld, float* dest) __attribute__((weak));
+void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k, const float* a, int lda,
+                         const float* b, int ldb, float beta, float* c, int ldc) __attribute__((weak));
+}
 
 namespace {
 
-enum GemmMode : int64_t { kAten = 0, kPacked = 1, kLoop = 2 };
+enum GemmMode : int64_t { kAten = 0, kPacked = 1, kLoop = 2, kMkl = 3 };
+// CBLAS constants (mkl_cblas.h).
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPackedOperand = 151, kBMatrix = 162;
+
+bool mkl_packed_available() {
+  return cblas_sgemm_pack_get_size != nullptr && cblas_sgemm_pack != nullptr && cblas_sgemm_compute != nullptr;
+}
+
+// c [m, n] = beta * c + a [m, k] @ B, B packed by mkl_pack.
+inline void mkl_gemm(const float* a, const float* packed, float* c, int64_t m, int64_t n, int64_t k, float beta) {
+  cblas_sgemm_compute(kRowMajor, kNoTrans, kPackedOperand, static_cast<int>(m), static_cast<int>(n),
+                      static_cast<int>(k), a, static_cast<int>(k), packed, static_cast<int>(n), beta, c,
+                      static_cast<int>(n));
+}
 
 // A step is split over threads only when it has at least this many cells (B * H): below it the
 // fork/join costs more than the arithmetic (measured on the 2-core CPU: see the notes file).
@@ -86,11 +111,14 @@ void over_rows(int64_t B, int64_t H, const F& rows) {
 
 // One batch row of a step: pre [4H] (o, i, f, g pre-activations) -> gates (activated), c_next,
 // tanh_c, h_next. A function of its own with restrict pointers, so the compiler vectorises it.
-template <typename T>
+// kAdd: the pre-activation is p + g (the product alone in p, the input projection still in g).
+template <typename T, bool kAdd>
 void forward_row(const T* __restrict p, T* __restrict g, const T* __restrict c_prev, T* __restrict c_next,
                  T* __restrict tanh_c, T* __restrict h_next, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
-    const T o = sigmoid(p[j]), i = sigmoid(p[H + j]), f = sigmoid(p[2 * H + j]), u = tanh_(p[3 * H + j]);
+    const T zo = kAdd ? p[j] + g[j] : p[j], zi = kAdd ? p[H + j] + g[H + j] : p[H + j];
+    const T zf = kAdd ? p[2 * H + j] + g[2 * H + j] : p[2 * H + j], zu = kAdd ? p[3 * H + j] + g[3 * H + j] : p[3 * H + j];
+    const T o = sigmoid(zo), i = sigmoid(zi), f = sigmoid(zf), u = tanh_(zu);
     g[j] = o;
     g[H + j] = i;
     g[2 * H + j] = f;
@@ -103,11 +131,11 @@ void forward_row(const T* __restrict p, T* __restrict g, const T* __restrict c_p
   }
 }
 
-template <typename T>
+template <typename T, bool kAdd = false>
 void forward_cell(const T* pre, T* gates, const T* c_prev, T* c_next, T* tanh_c, T* h_next, int64_t B, int64_t H) {
   over_rows(B, H, [=](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      forward_row<T>(pre + b * 4 * H, gates + b * 4 * H, c_prev + b * H, c_next + b * H, tanh_c + b * H,
+      forward_row<T, kAdd>(pre + b * 4 * H, gates + b * 4 * H, c_prev + b * H, c_next + b * H, tanh_c + b * H,
                      h_next + b * H, H);
     }
   });
@@ -159,6 +187,13 @@ void forward_loop_cpu(at::Tensor& gates, at::Tensor& h, at::Tensor& c, at::Tenso
   for (int64_t t = 0; t < steps; ++t) {
     const T* p = scratch;
     at::Tensor packed_out;  // keeps the prepacked GEMM's result alive for the pointwise pass
+    if constexpr (std::is_same_v<T, float>) {
+      if (gemm == kMkl) {  // the product alone into the scratch; the pointwise pass adds the projection
+        mkl_gemm(hp + t * S, packed->const_data_ptr<float>(), scratch, B, 4 * H, H, 0.0f);
+        forward_cell<T, true>(scratch, g + t * G, cp + t * S, cp + (t + 1) * S, tc + t * S, hp + (t + 1) * S, B, H);
+        continue;
+      }
+    }
     if (gemm == kPacked) {
       packed_out = packed_linear_add(h[t], gates[t], *packed);
       TORCH_CHECK(packed_out.is_contiguous(), "forward_steps: the prepacked GEMM's result is not contiguous");
@@ -204,7 +239,9 @@ void forward_steps(at::Tensor gates, at::Tensor h, at::Tensor c, at::Tensor tanh
   TORCH_CHECK(gates.is_contiguous() && h.is_contiguous() && c.is_contiguous() && tanh_c.is_contiguous() &&
                   pre.is_contiguous() && w_h_t.is_contiguous(),
               "forward_steps: buffers must be contiguous");
-  TORCH_CHECK(gemm != kPacked || packed.has_value(), "forward_steps: packed GEMM without a packed weight");
+  TORCH_CHECK((gemm != kPacked && gemm != kMkl) || packed.has_value(), "forward_steps: packed GEMM without a packed weight");
+  TORCH_CHECK(gemm != kMkl || (gates.scalar_type() == at::kFloat && mkl_packed_available()),
+              "forward_steps: MKL's packed GEMM is for float32, with MKL");
   const bool fused_pointwise = hand_written_pointwise(gates);
   TORCH_CHECK(gemm != kLoop || fused_pointwise, "forward_steps: the loop GEMM is for CPU float32/float64");
   if (fused_pointwise && gemm != kAten) {
@@ -273,6 +310,14 @@ void backward_loop_cpu(const at::Tensor& gates, const at::Tensor& c, const at::T
   for (int64_t t = steps - 1; t >= 0; --t) {
     backward_cell<T>(g + t * G, cp + t * S, tc + t * S, dh.const_data_ptr<T>(), dcp, da + t * G, B, H, clip, theta);
     // dh_{t-1} = dA_t W_hh (+ dy_{t-1}): the one GEMM per step.
+    if constexpr (std::is_same_v<T, float>) {
+      if (gemm == kMkl) {
+        float* out = dh.mutable_data_ptr<float>();
+        if (t > 0) std::memcpy(out, dout + (t - 1) * S, sizeof(float) * S);
+        mkl_gemm(da + t * G, packed->const_data_ptr<float>(), out, B, H, 4 * H, t > 0 ? 1.0f : 0.0f);
+        continue;
+      }
+    }
     if (gemm == kPacked) {
       dh = packed_linear_add(d_gates[t], t > 0 ? d_out[t - 1] : zeros, *packed);
       TORCH_CHECK(dh.is_contiguous(), "backward_steps: the prepacked GEMM's result is not contiguous");
@@ -334,7 +379,9 @@ std::tuple<at::Tensor, at::Tensor> backward_steps(at::Tensor gates, at::Tensor c
   TORCH_CHECK(gates.is_contiguous() && c.is_contiguous() && tanh_c.is_contiguous() && d_gates.is_contiguous() &&
                   d_out.is_contiguous() && w_hh.is_contiguous(),
               "backward_steps: buffers must be contiguous");
-  TORCH_CHECK(gemm != kPacked || packed.has_value(), "backward_steps: packed GEMM without a packed weight");
+  TORCH_CHECK((gemm != kPacked && gemm != kMkl) || packed.has_value(), "backward_steps: packed GEMM without a packed weight");
+  TORCH_CHECK(gemm != kMkl || (gates.scalar_type() == at::kFloat && mkl_packed_available()),
+              "backward_steps: MKL's packed GEMM is for float32, with MKL");
   // Its own copies: the caller's dh_T and dc_T are not written.
   dh = dh.contiguous().clone();
   dc = dc.contiguous().clone();
@@ -351,9 +398,32 @@ std::tuple<at::Tensor, at::Tensor> backward_steps(at::Tensor gates, at::Tensor c
   return {dh, dc};
 }
 
+// w [rows, cols] float32 packed as the B operand of c [m, n] = a [m, k] @ B: B = w^T (transposed:
+// n = rows, k = cols) or B = w (n = cols, k = rows). Into `out` when given (a weight changed in place).
+at::Tensor mkl_pack(at::Tensor w, int64_t m, bool transposed, std::optional<at::Tensor> out) {
+  TORCH_CHECK(mkl_packed_available(), "mkl_pack: this PyTorch has no MKL packed GEMM");
+  TORCH_CHECK(w.device().is_cpu() && w.scalar_type() == at::kFloat && w.dim() == 2 && w.is_contiguous(),
+              "mkl_pack: a contiguous 2-d float32 CPU weight");
+  const int64_t rows = w.size(0), cols = w.size(1);
+  const int64_t n = transposed ? rows : cols, k = transposed ? cols : rows;
+  const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, static_cast<int>(m), static_cast<int>(n),
+                                                 static_cast<int>(k));
+  const int64_t floats = static_cast<int64_t>((bytes + sizeof(float) - 1) / sizeof(float));
+  at::Tensor dest = out.has_value() ? *out : at::empty({floats}, w.options());
+  TORCH_CHECK(dest.numel() >= floats && dest.is_contiguous(), "mkl_pack: the packed buffer is too small");
+  cblas_sgemm_pack(kRowMajor, kBMatrix, transposed ? kTrans : kNoTrans, static_cast<int>(m), static_cast<int>(n),
+                   static_cast<int>(k), 1.0f, w.const_data_ptr<float>(), static_cast<int>(cols),
+                   dest.mutable_data_ptr<float>());
+  return dest;
+}
+
+bool has_mkl_packed_gemm() { return mkl_packed_available(); }
+
 }  // namespace
 
 TORCH_LIBRARY(lstm_harness_steps, m) {
   m.def("forward_steps", &forward_steps);
   m.def("backward_steps", &backward_steps);
+  m.def("mkl_pack", &mkl_pack);
+  m.def("has_mkl_packed_gemm", &has_mkl_packed_gemm);
 }
