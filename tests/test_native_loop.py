@@ -8,15 +8,27 @@ from harness.contract.agreement import check_agreement
 from harness.contract.inputs import make_inputs
 from harness.contract.problem import Problem
 from impls import native
-from impls.fused import GEMM_ATEN, GEMM_LOOP, GEMM_PACKED, FusedLSTM, FusedPythonLSTM, packed_gemm_available
+from impls.fused import (GEMM_ATEN, GEMM_LOOP, GEMM_MKL, GEMM_PACKED, FusedLSTM, FusedPythonLSTM,
+                         packed_gemm_available)
 
-# One problem per path through the loop: its own small products, oneDNN-prepacked products
-# (threaded pointwise pass too: batch x hidden >= 8192), ATen's addmm, and the ATen pointwise
-# operations (bfloat16: no hand-written pass).
+
+class FusedOneDNN(FusedLSTM):
+    """The C++ loop on oneDNN-prepacked products (where torch has no MKL, and to compare)."""
+
+    use_mkl_gemm = False
+
+
+def mkl() -> bool:
+    return native.native_steps().ops.has_mkl_packed_gemm()
+
+
+# One problem per path through the loop: its own small products, MKL-packed products (threaded
+# pointwise pass too: batch x hidden >= 8192), ATen's addmm, and the ATen pointwise operations
+# (bfloat16: no hand-written pass).
 MODES = [
     (Problem(batch=1, length=9, input_size=1, hidden=15, layers=1), GEMM_LOOP),
     (Problem(batch=3, length=6, input_size=5, hidden=23, layers=3, dtype="float64"), GEMM_LOOP),
-    (Problem(batch=32, length=3, input_size=40, hidden=256, layers=2), GEMM_PACKED),
+    (Problem(batch=32, length=3, input_size=40, hidden=256, layers=2), GEMM_MKL),
     (Problem(batch=20, length=4, input_size=30, hidden=130, layers=2, dtype="float64"), GEMM_ATEN),
     (Problem(batch=2, length=5, input_size=8, hidden=8, layers=2, dtype="bfloat16"), GEMM_ATEN),
 ]
@@ -33,8 +45,8 @@ def test_the_extension_builds_here_and_says_how():
 
 @pytest.mark.parametrize(("problem", "mode"), MODES, ids=lambda v: v.id if isinstance(v, Problem) else str(v))
 def test_every_path_of_the_loop_agrees_with_the_reference(problem, mode):
-    if mode == GEMM_PACKED and not packed_gemm_available(problem):
-        pytest.skip("no oneDNN prepacked GEMMs in this torch build")
+    if mode == GEMM_MKL and not mkl():
+        pytest.skip("no MKL packed GEMM in this torch build")
     if problem.dtype == "bfloat16" and not torch.backends.mkldnn.is_available():
         pytest.skip("bfloat16 on the CPU needs oneDNN")
     assert FusedLSTM.gemm_mode(problem, native=True) == mode
@@ -61,6 +73,36 @@ def test_gate_clipping_in_cpp_is_the_python_loops(problem, mode):
     unclipped = FusedLSTM(problem, inputs.weights)
     unclipped.forward(inputs.x, inputs.h0, inputs.c0)
     assert not torch.equal(unclipped.backward(inputs.dy * 50, inputs.dh_n, inputs.dc_n).dx, cpp["dx"])
+
+
+def test_the_loop_on_onednn_prepacked_products_agrees_and_follows_new_weights():
+    problem = MODES[2][0]
+    if not packed_gemm_available(problem):
+        pytest.skip("no oneDNN prepacked GEMMs in this torch build")
+    assert FusedOneDNN.gemm_mode(problem, native=True) == GEMM_PACKED
+    assert "C++ time loop, oneDNN-prepacked" in FusedOneDNN.backend(problem)
+    agreement, impl = check_agreement(FusedOneDNN, problem)
+    assert agreement.passed, agreement.table()
+    other = make_inputs(problem, seed=9)
+    impl.set_weights(other.weights)  # the packed weights are refreshed in place
+    fresh = FusedLSTM(problem, other.weights)
+    a, b = (i.forward(other.x, other.h0, other.c0).y.clone() for i in (impl, fresh))
+    assert torch.allclose(a, b, rtol=0, atol=1e-5)
+
+
+def test_mkl_packed_weights_follow_set_weights():
+    problem = MODES[2][0]
+    if not mkl():
+        pytest.skip("no MKL packed GEMM in this torch build")
+    first, other = make_inputs(problem), make_inputs(problem, seed=9)
+    impl = FusedLSTM(problem, first.weights)
+    impl.forward(first.x, first.h0, first.c0)
+    impl.set_weights(other.weights)
+    fresh = FusedLSTM(problem, other.weights)
+    outs = [i.forward(other.x, other.h0, other.c0) for i in (impl, fresh)]
+    assert torch.allclose(outs[0].y, outs[1].y, rtol=0, atol=1e-5)
+    grads = [i.backward(other.dy, other.dh_n, other.dc_n).dx for i in (impl, fresh)]
+    assert torch.allclose(grads[0], grads[1], rtol=0, atol=1e-5)
 
 
 def test_nan_and_saturation_come_out_as_they_should():
