@@ -150,13 +150,16 @@ class FusedLSTM(Impl):
 
     @classmethod
     def native_loop(cls):
-        """The C++ loop's ops, or None where the Python loop runs. A subclass that overrides a seam
-        of the Python loop (_recurrent_product, _tanh) gets the Python loop, or its override would
-        be silently ignored."""
-        seams = ("_recurrent_product", "_tanh")
-        if not cls.use_native_loop or any(getattr(cls, s) is not getattr(FusedLSTM, s) for s in seams):
+        """The C++ loop's ops, or None where the Python loop runs. A subclass that overrides a part
+        of the Python loop gets the Python loop, or its override would be silently ignored."""
+        if not cls.use_native_loop or cls.overrides_a_loop_seam():
             return None
         return native_steps().ops
+
+    @classmethod
+    def overrides_a_loop_seam(cls) -> bool:
+        seams = ("_recurrent_product", "_tanh", "_forward_steps", "_backward_steps")
+        return any(getattr(cls, s) is not getattr(FusedLSTM, s) for s in seams)
 
     @classmethod
     def gemm_mode(cls, problem: Problem, native: bool) -> int:
@@ -166,7 +169,7 @@ class FusedLSTM(Impl):
         if native and cpu and problem.dtype in ("float32", "float64") \
                 and problem.batch * 4 * problem.hidden ** 2 <= LOOP_GEMM_MAX_MACS:
             return GEMM_LOOP
-        if native and cpu and problem.dtype == "float32" and cls.use_mkl_gemm \
+        if native and cpu and problem.dtype == "float32" and cls.use_mkl_gemm and cls.use_packed_gemm \
                 and native_steps().ops.has_mkl_packed_gemm():
             return GEMM_MKL
         if cls.use_packed_gemm and packed_gemm_available(problem):
@@ -178,8 +181,10 @@ class FusedLSTM(Impl):
         native = cls.native_loop() is not None
         if native:
             loop = "C++ time loop"
+        elif cls.use_native_loop and cls.overrides_a_loop_seam():
+            loop = "Python time loop (a subclass overrides a part of it)"
         elif cls.use_native_loop:
-            loop = f"Python time loop (C++ loop {native_steps().describe()})"
+            loop = f"Python time loop (C++ loop {native_steps().describe()})"  # not built: the reason
         else:
             loop = "Python time loop"
         gemm = {GEMM_PACKED: "oneDNN-prepacked per-step GEMMs", GEMM_LOOP: "per-step products in the C++ loop",

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("lstm_steps.cpp")
+STALE_LOCK_SECONDS = 300
 DISABLE_VARIABLE = "LSTM_HARNESS_NO_NATIVE"  # set to 1: never build or load it (the Python loop runs)
 
 # Vector flags per torch's own reading of the CPU, not -march=native: the cache may be shared by
@@ -80,8 +81,18 @@ def native_steps() -> NativeSteps:
         return NativeSteps(None, "ninja is not installed (pip install ninja)", 0.0, False)
     flags = compile_flags()
     name = build_name(flags)
-    library = Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so"
+    build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
+    library = build_dir / f"{name}.so"
     cached = library.exists()
+    # torch waits without end on the build directory's lock file; one left by a process killed
+    # mid-build (a crashed benchmark worker, say) would hang every later process. A build takes
+    # seconds: a lock older than STALE_LOCK_SECONDS has no live owner.
+    lock = build_dir / "lock"
+    try:
+        if time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
+            lock.unlink(missing_ok=True)
+    except FileNotFoundError:
+        pass
     start = time.perf_counter()
     try:
         cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],

@@ -69,7 +69,8 @@ inline float exp_approx(float x) {
   y = y * x + 1.6666665459e-1f;
   y = y * x + 5.0000001201e-1f;
   y = y * z + x + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  // For NaN input y is NaN already; the exponent is made from 0 then (a NaN cast to int is undefined).
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n == n ? n : 0.0f) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
   return y * scale;
@@ -239,6 +240,12 @@ void forward_steps(at::Tensor gates, at::Tensor h, at::Tensor c, at::Tensor tanh
   TORCH_CHECK(gates.is_contiguous() && h.is_contiguous() && c.is_contiguous() && tanh_c.is_contiguous() &&
                   pre.is_contiguous() && w_h_t.is_contiguous(),
               "forward_steps: buffers must be contiguous");
+  const int64_t T = gates.size(0), B = gates.size(1), H = h.size(2);
+  TORCH_CHECK(gates.dim() == 3 && gates.size(2) == 4 * H && h.sizes() == at::IntArrayRef({T + 1, B, H}) &&
+                  c.sizes() == h.sizes() && tanh_c.sizes() == at::IntArrayRef({T, B, H}) &&
+                  pre.numel() >= B * 4 * H && w_h.sizes() == at::IntArrayRef({4 * H, H}) &&
+                  w_h_t.sizes() == at::IntArrayRef({H, 4 * H}),
+              "forward_steps: buffer shapes do not fit gates [T, B, 4H], h and c [T+1, B, H]");
   TORCH_CHECK((gemm != kPacked && gemm != kMkl) || packed.has_value(), "forward_steps: packed GEMM without a packed weight");
   TORCH_CHECK(gemm != kMkl || (gates.scalar_type() == at::kFloat && mkl_packed_available()),
               "forward_steps: MKL's packed GEMM is for float32, with MKL");
@@ -379,6 +386,12 @@ std::tuple<at::Tensor, at::Tensor> backward_steps(at::Tensor gates, at::Tensor c
   TORCH_CHECK(gates.is_contiguous() && c.is_contiguous() && tanh_c.is_contiguous() && d_gates.is_contiguous() &&
                   d_out.is_contiguous() && w_hh.is_contiguous(),
               "backward_steps: buffers must be contiguous");
+  const int64_t T = gates.size(0), B = gates.size(1), H = c.size(2);
+  TORCH_CHECK(gates.dim() == 3 && gates.size(2) == 4 * H && c.sizes() == at::IntArrayRef({T + 1, B, H}) &&
+                  tanh_c.sizes() == at::IntArrayRef({T, B, H}) && d_gates.sizes() == gates.sizes() &&
+                  d_out.sizes() == at::IntArrayRef({T, B, H}) && dh.numel() == B * H && dc.numel() == B * H &&
+                  w_hh.sizes() == at::IntArrayRef({4 * H, H}),
+              "backward_steps: buffer shapes do not fit gates [T, B, 4H], c [T+1, B, H], d_out [T, B, H]");
   TORCH_CHECK((gemm != kPacked && gemm != kMkl) || packed.has_value(), "backward_steps: packed GEMM without a packed weight");
   TORCH_CHECK(gemm != kMkl || (gates.scalar_type() == at::kFloat && mkl_packed_available()),
               "backward_steps: MKL's packed GEMM is for float32, with MKL");
