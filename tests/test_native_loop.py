@@ -8,8 +8,7 @@ from harness.contract.agreement import check_agreement
 from harness.contract.inputs import make_inputs
 from harness.contract.problem import Problem
 from impls import native
-from impls.fused import (GEMM_ATEN, GEMM_LOOP, GEMM_MKL, GEMM_PACKED, FusedLSTM, FusedPythonLSTM,
-                         packed_gemm_available)
+from impls.fused import GEMM_ATEN, GEMM_LOOP, GEMM_MKL, GEMM_PACKED, FusedLSTM, FusedPythonLSTM, packed_gemm_available
 
 
 class FusedOneDNN(FusedLSTM):

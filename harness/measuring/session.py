@@ -191,9 +191,9 @@ class BenchSession:
             verdict = run_and_compare(impl, own[AGREEMENT_SET], reference,
                                       new_agreement(reg.name, problem, "input set 0"))
             short = saturating_problem(problem)
+            reach = max_preactivation(pristine[SATURATING])
             saturation = new_agreement(reg.name, short, f"saturating input set, batch {short.batch}, length "
-                                       f"{short.length}, |pre-activation| up to {max_preactivation(pristine[SATURATING]):.0f}",
-                                       SATURATION_TOLERANCES)
+                                       f"{short.length}, |pre-activation| up to {reach:.0f}", SATURATION_TOLERANCES)
             if verdict.passed:
                 # A second instance: the saturating set has weights of its own (large biases).
                 own.update(private_copies({SATURATING: pristine[SATURATING]}))
