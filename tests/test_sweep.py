@@ -309,6 +309,13 @@ def test_a_killed_worker_is_retried_and_a_shard_that_always_dies_is_not_timed(cl
     assert "sweep: 2 shard(s): 1 done, 1 failed" in proc.stdout
 
 
+def _hears_ctrl_c() -> None:
+    """In the driver before exec: SIGINT back to its default. A suite started in the background by a
+    non-interactive shell (`cmd &`) runs with SIGINT ignored, which every child inherits and Python then
+    keeps: the driver must get the Ctrl-C this test sends as a terminal would deliver it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -323,7 +330,8 @@ def test_an_interrupted_sweep_resumes_with_only_the_missing_shards(cluster, tmp_
             "--lstm-plugin", "dying_plugin", "--out", str(out)]
     driver = subprocess.Popen([sys.executable, "-m", "harness", "sweep", "--no-progress", *args,
                                *_die(f"hang:5:{pidfile}")], cwd=ROOT, env=_ray_env(PYTHONPATH=str(TESTS)),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=_hears_ctrl_c)
     output = []
     reader = threading.Thread(target=lambda: output.append(driver.communicate()), daemon=True)
     reader.start()
