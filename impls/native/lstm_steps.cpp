@@ -49,8 +49,9 @@ inline void mkl_gemm(const float* a, const float* packed, float* c, int64_t m, i
 }
 
 // A step is split over threads only when it has at least this many cells (B * H): an OpenMP
-// fork/join costs a few microseconds, about what a step of 8192 cells takes on one core (a
-// threshold set from that estimate, not tuned by measurement).
+// fork/join costs a few microseconds, about what a step of 8192 cells takes on one core. Set from
+// that estimate; on the 2-core CPU threading it at batch 20 x hidden 512 gave 0.89 vs 0.92 (batch
+// 20 x 100) and 0.81 vs 0.86 (20 x 20) of cudnn's total, against not threading (two A/B runs each).
 constexpr int64_t kParallelCells = 8192;
 
 // exp, sigmoid and tanh the compiler can vectorise: Cephes' single-precision polynomials (about
