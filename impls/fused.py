@@ -305,7 +305,8 @@ class FusedLSTM(Impl):
 
     def _backward_steps(self, layer: _Layer, dh: torch.Tensor, dc: torch.Tensor, d_out: torch.Tensor,
                         gate_clip: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The recurrence of one layer in reverse, from dh_T (dy_T included) and dc_T: fills d_gates
+        """The recurrence of one layer in reverse, from dh_T (dy_T included) and dc_T, fresh tensors
+        that it may overwrite (the C++ loop and the Triton kernels do): fills d_gates
         (dA in canonical order i, f, g, o) and returns dh_0, dc_0. `d_out` is dy of this layer."""
         if self.native is not None:
             packed = layer.mkl[1].packed if layer.mkl else layer.backward_gemm.packed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import statistics
 import time
 from collections.abc import Iterator
 
@@ -267,8 +268,9 @@ class TimedCalls:
         inner, rotation = self.inner[timed], self.rotation[timed]
         if not round_seconds or len(inner) != len(round_seconds) or len(rotation) != len(round_seconds):
             return None
-        outside = sorted(r - i for r, i in zip(round_seconds, inner, strict=True))
-        return outside[len(outside) // 2], sorted(rotation)[len(rotation) // 2]
+        # Medians as pytest-benchmark takes them (statistics.median: the mean of the middle two).
+        outside = [r - i for r, i in zip(round_seconds, inner, strict=True)]
+        return statistics.median(outside), statistics.median(rotation)
 
 
 def probe(calls: TimedCalls, baseline: int | None = None) -> tuple[float, int | None]:

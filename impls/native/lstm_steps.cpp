@@ -397,9 +397,10 @@ std::tuple<at::Tensor, at::Tensor> backward_steps(at::Tensor gates, at::Tensor c
   TORCH_CHECK((gemm != kPacked && gemm != kMkl) || packed.has_value(), "backward_steps: packed GEMM without a packed weight");
   TORCH_CHECK(gemm != kMkl || (gates.scalar_type() == at::kFloat && mkl_packed_available()),
               "backward_steps: MKL's packed GEMM is for float32, with MKL");
-  // Its own copies: the caller's dh_T and dc_T are not written.
-  dh = dh.contiguous().clone();
-  dc = dc.contiguous().clone();
+  // dh_T and dc_T are working buffers, written in place (as the Python loop's are): impls/fused.py
+  // passes fresh ones (dh_n + dy_T, a clone of dc_n), so copying them again here would be work
+  // done twice inside the timed backward.
+  TORCH_CHECK(dh.is_contiguous() && dc.is_contiguous(), "backward_steps: dh and dc must be contiguous");
   const bool fused_pointwise = hand_written_pointwise(gates);
   TORCH_CHECK(gemm != kLoop || fused_pointwise, "backward_steps: the loop GEMM is for CPU float32/float64");
   if (fused_pointwise && gemm != kAten) {
