@@ -115,17 +115,16 @@ def session(monkeypatch):
 
 
 class FakeBenchmark:
-    """What harness.measuring.measure uses of pytest-benchmark's fixture."""
+    """What harness.measuring.measure uses of pytest-benchmark's fixture (the rounds run in the harness)."""
 
     disabled = False
 
     def __init__(self):
         self.extra_info, self.group, self.has_error = {}, None, False
 
-    def pedantic(self, target, setup, rounds, warmup_rounds):
-        for _ in range(warmup_rounds + rounds):
-            args, kwargs = setup()
-            target(*args, **kwargs)
+    def _make_stats(self, iterations):
+        self.stats = types.SimpleNamespace(data=[], update=lambda s: self.stats.data.append(s))
+        return self.stats
 
 
 def measured_peaks(session, name) -> dict[str, object]:

@@ -55,7 +55,7 @@ def test_run_section_round_trips_through_json():
                          not_timed=[NotTimed("cudnn", "forward", PROBLEM, "skipped", "no GPU")],
                          ceilings=[{"gflops": 100.0, "how": "a matrix product"}])
     written = json.loads(json.dumps(section.to_json()))
-    assert written["schema"] == SCHEMA_VERSION == "1.3"
+    assert written["schema"] == SCHEMA_VERSION == "1.4"
     assert written["not_timed"][0]["problem"] == PROBLEM.as_dict()
     assert RunSection.from_json(written) == section
 

@@ -55,6 +55,10 @@ GRID_OPTIONS = {
     "lstm_min_rounds": (("--lstm-min-rounds",), "N", "at least this many timed rounds (default 5)"),
     "lstm_warmup": (("--lstm-warmup",), "N", "untimed warm-up rounds (default 1)"),
     "lstm_max_time": (("--lstm-max-time",), "SECONDS", "time budget that sizes the rounds (default 1.0)"),
+    "lstm_interleave": (("--lstm-interleave",), "on|off", "implementations of a point take rounds in turn"),
+    "lstm_interference_threshold": (("--lstm-interference-threshold",), "CORES",
+                                    "cores used by others that make rounds disturbed (default 0.3)"),
+    "lstm_redo_budget": (("--lstm-redo-budget",), "FACTOR", "disturbed rounds redone per planned round (default 1)"),
 }
 # What a resumed sweep must share with the sweep it resumes (its options as given, and the split).
 SWEEP_OPTIONS = (*GRID_OPTIONS, "plugins", "split", "on_each")
@@ -168,7 +172,8 @@ def plan(opts: dict, device: str, registry, check_dtypes: bool = True,
     run = parse_run_options(opts.get, device, registry.names(), check_dtypes=device == "cpu" and check_dtypes)
     grid, names = run.grid, run.impls or tuple(registry.names())
     passed = []
-    for dest in ("lstm_rounds", "lstm_min_rounds", "lstm_warmup", "lstm_max_time", "lstm_seed"):
+    for dest in ("lstm_rounds", "lstm_min_rounds", "lstm_warmup", "lstm_max_time", "lstm_seed", "lstm_interleave",
+                 "lstm_interference_threshold", "lstm_redo_budget"):
         if opts[dest] is not None:
             passed += [GRID_OPTIONS[dest][0][0], str(opts[dest])]
     for module in opts["plugins"] or []:

@@ -138,6 +138,18 @@ def build_problems(grid: Grid, device: str, dtypes: Sequence[str] = ("float32",)
     return problems
 
 
+SWITCH = {"on": True, "yes": True, "1": True, "off": False, "no": False, "0": False}
+
+
+def parse_switch(option: str, text: str | None) -> bool | None:
+    if text is None:
+        return None
+    value = SWITCH.get(str(text).strip().lower())
+    if value is None:
+        raise GridError(f"{option}: {text!r} is not on or off")
+    return value
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """The grid and timing options of a run, each checked (what `pytest suites/` and `harness sweep` take)."""
@@ -146,7 +158,7 @@ class RunOptions:
     problems: list[Problem]
     impls: tuple[str, ...] | None  # None: every registered one
     explicit: dict[str, tuple[int, ...]]  # axis values given, replacing the grid's
-    timing: dict[str, int | float]  # rounds, min_rounds, warmup, max_time: those given
+    timing: dict[str, int | float | bool]  # rounds, min_rounds, warmup, max_time, interference ...: those given
     seed: int | None
 
 
@@ -172,6 +184,10 @@ def parse_run_options(get, device: str, known_impls: Sequence[str], check_dtypes
         "min_rounds": parse_number("--lstm-min-rounds", get("lstm_min_rounds"), int, minimum=1),
         "warmup": parse_number("--lstm-warmup", get("lstm_warmup"), int, minimum=0),
         "max_time": parse_number("--lstm-max-time", get("lstm_max_time"), float, minimum=1e-6),
+        "threshold": parse_number("--lstm-interference-threshold", get("lstm_interference_threshold"), float,
+                                  minimum=0.0),
+        "redo_budget": parse_number("--lstm-redo-budget", get("lstm_redo_budget"), float, minimum=0.0),
+        "interleave": parse_switch("--lstm-interleave", get("lstm_interleave")),
     }
     seed = parse_number("--lstm-seed", get("lstm_seed"), int, minimum=0, maximum=2**63 - 1)  # a signed 64-bit seed
     return RunOptions(grid, build_problems(grid, device, dtypes, **explicit), impls, explicit,

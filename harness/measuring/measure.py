@@ -3,8 +3,10 @@
 The suites call `measure_phase` with pytest-benchmark's fixture; everything between a grid
 point and its row in the results file happens here, in this order:
 support -> agreement, saturation, inputs, state (BenchSession.validated) -> probe and round
-sizing -> timed rounds over rotating input sets -> the last timed call checked against the
-reference, inputs and state checked again. A failed check anywhere discards the time.
+sizing -> timed rounds over rotating input sets, judged for interference and redone when disturbed
+(harness.measuring.rounds; with --lstm-interleave, the implementations of a point take their rounds
+in turn) -> the last timed call checked against the reference, inputs and state checked again. A
+failed check anywhere discards the time.
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ import traceback
 import pytest
 import torch
 
-from harness.contract.agreement import AgreementError
+from harness.contract.agreement import AgreementError, new_agreement
 from harness.contract.inputs import TIMED_SETS
 from harness.contract.problem import PHASES, Problem
 from harness.contract.reference import reference_for
 from harness.contract.registry import Registration
 from harness.measuring.memory import PEAK_INCLUDES, retained
 from harness.measuring.process_state import ProcessState
-from harness.measuring.session import BenchSession
+from harness.measuring.rounds import Contestant, Dropped, run_rounds
+from harness.measuring.session import BenchSession, Prepared
 from harness.measuring.timing import TimedCalls, choose_rounds, precision, probe, synchronize
 from harness.reporting.record import Measurement, NotTimed
 
@@ -120,60 +123,172 @@ def _timed_and_checked(benchmark, config, session: BenchSession, reg: Registrati
                        flags: dict, before: ProcessState) -> None:
     settings = session.settings
     skip_unless_supported(reg, problem, timed=True)
-    ceiling = session.ceiling(problem)  # measured before any implementation is timed
-    prepared = session.validated(reg, problem)
+    session.ceiling(problem)  # measured before any implementation is timed
+    benchmark.group = f"{problem.id} {phase}"
+    # Rounds are read with pytest-benchmark's timer (--benchmark-timer), with its gc setting.
+    session.timer = getattr(benchmark, "_timer", time.perf_counter)
+    session.disable_gc = bool(getattr(benchmark, "_disable_gc", False))
+    if benchmark.disabled:  # --benchmark-disable: one call, checked like a timed one
+        timed = _prepare(session, reg, problem, phase, settings.warmup, rounds=1, flags=flags)
+        args, kwargs = timed.calls.setup()
+        timed.calls.target(*args, **kwargs)
+    else:
+        timed = _timed(session, reg, problem, phase, flags)
+    _publish(benchmark, config, session, reg, problem, phase, timed, before)
+
+
+@dataclasses.dataclass
+class Timed:
+    """One implementation's timed calls on a point and phase, with its rounds once they ran."""
+
+    prepared: Prepared
+    calls: TimedCalls
+    measurement: Measurement
+    contestant: Contestant
+
+
+def _prepare(session: BenchSession, reg: Registration, problem: Problem, phase: str, warmup: int,
+             rounds: int | None = None, flags: dict | None = None, keep_others: bool = False) -> Timed:
+    """Checks before timing, the timing buffers, the probe and the round count, the reference of the
+    check after timing: everything before the first timed round."""
+    settings = session.settings
+    ceiling = session.ceiling(problem)
+    prepared = session.validated(reg, problem, keep_others=keep_others)
     timed_sets = {k: v for k, v in prepared.inputs.items() if k in TIMED_SETS}
     # The timing buffers are the harness's: held above the implementation's baseline, not in its peak.
     calls, buffers = retained(problem.device, lambda: TimedCalls(prepared.impl, timed_sets, phase, problem.device))
     baseline = None if prepared.memory_baseline is None else prepared.memory_baseline + buffers
     seconds, peak = probe(calls, baseline)
-    rounds = settings.rounds or choose_rounds(seconds, settings.max_time, settings.min_rounds)
-    calls.plan(1 if benchmark.disabled else settings.warmup + rounds)
-    benchmark.group = f"{problem.id} {phase}"
+    rounds = rounds or settings.rounds or choose_rounds(seconds, settings.max_time, settings.min_rounds)
+    calls.plan(warmup + rounds)
     agreement = prepared.agreement
     measurement = Measurement(
         impl=reg.name, backend=reg.cls.backend(problem), origin=reg.origin, phase=phase, problem=problem,
         flops=problem.flops(phase), agreement_max_error=agreement.max_error,
         agreement_tolerance=agreement.tolerance, agreement_errors=agreement.errors,
         saturation_max_error=prepared.saturation.max_error, saturation_check=prepared.saturation.check,
-        saturation_seconds=prepared.saturation.seconds, seed=settings.seed, warmup_rounds=settings.warmup,
+        saturation_seconds=prepared.saturation.seconds, seed=settings.seed, warmup_rounds=warmup,
         ceiling_gflops=ceiling.gflops, saved_bytes=session.saved.get((reg.name, problem)),
         peak_bytes=peak, peak_includes=PEAK_INCLUDES if peak is not None else None,
-        threads=before.as_dict()["torch.get_num_threads()"], process_state=before.as_dict(), precision=flags,
+        threads=torch.get_num_threads(), process_state=ProcessState.capture().as_dict(), precision=flags or {},
         setup_seconds=prepared.setup_seconds,
     )
-    benchmark.extra_info.update(measurement.to_json())
     # The reference the check needs, made before timing: nothing runs long between the last
-    # timed call and its check.
+    # timed call and its check. Once per point: cached for the other phases, whose peaks must not count it.
     started = time.perf_counter()
-    # Once per point: cached for the other phases, whose peaks must not count it.
     _, held = retained(problem.device, lambda: reference_for(problem, settings.seed, TIMED_SETS[0]))
     prepared.harness_holds(held)
-    check_seconds = time.perf_counter() - started
+    measurement = dataclasses.replace(measurement, check_seconds=time.perf_counter() - started)
+    return Timed(prepared, calls, measurement, Contestant(reg.name, calls.setup, calls.target, rounds))
+
+
+def _timed(session: BenchSession, reg: Registration, problem: Problem, phase: str, flags: dict) -> Timed:
+    """`reg`'s rounds at this point and phase: on its own, or, interleaved, taken from the group's run (the
+    first of the group's tests runs every implementation of the point; the others collect theirs)."""
+    settings = session.settings
+    if not settings.interleave:
+        group = _time_group(session, [reg], problem, phase, flags)
+    else:
+        key = (problem, phase)
+        if session.group is None or session.group[0] != key:
+            session.group = None  # the previous group's buffers go before the next one's exist
+            session.group = (key, _time_group(session, list(settings.impls), problem, phase, flags))
+        group = session.group[1]
+    outcome = group.pop(reg.name, None)
+    if outcome is None:  # not in the group's run: e.g. this test ran on its own (-k), after the group
+        outcome = _time_group(session, [reg], problem, phase, flags)[reg.name]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    if outcome.contestant.error is not None:
+        raise outcome.contestant.error
+    if outcome.contestant.dropped is not None:
+        check = new_agreement(reg.name, problem, f"during timing ({phase}, interleaved)")
+        check.faults.append(outcome.contestant.dropped)
+        session.reject(reg, problem, check)
+        raise AgreementError(check)
+    return outcome
+
+
+def _time_group(session: BenchSession, regs: list[Registration], problem: Problem, phase: str,
+                flags: dict) -> dict[str, Timed | BaseException]:
+    """Prepare each of `regs` that can be timed here, then run their rounds together (interleaved when there
+    are several). An implementation that fails before its rounds has its exception in the result instead."""
+    settings = session.settings
+    out: dict[str, Timed | BaseException] = {}
+    for reg in regs:
+        support = reg.cls.supports(problem)
+        if not (support.ok and support.timed):
+            continue
+        try:
+            out[reg.name] = _prepare(session, reg, problem, phase, settings.warmup, flags=flags,
+                                     keep_others=len(regs) > 1)
+        except Exception as exc:  # noqa: BLE001 - raised again by the implementation's own test
+            traceback.clear_frames(exc.__traceback__)
+            out[reg.name] = exc
+    timed = [t for t in out.values() if isinstance(t, Timed)]
+    if len(timed) > 1:
+        # Interleaved, an implementation that changes process-wide state would change the others' rounds:
+        # checked after each of its rounds, it leaves the run, its block redone for the others.
+        guard = ProcessState.capture()
+        for t in timed:
+            t.contestant.after_round = lambda guard=guard: _unchanged(guard)
     synchronize(problem.device)  # nothing queued (backend detection, the reference) drains into round 1
+    for t in timed:
+        t.calls.reset_costs()
+    run_rounds([t.contestant for t in timed], settings.warmup, session.interference, settings.round_policy,
+               timer=session.timer, disable_gc=session.disable_gc)
+    return out
+
+
+def _unchanged(before: ProcessState) -> None:
+    changed = ProcessState.capture().changes_since(before)
+    if changed:
+        before.restore()
+        raise Dropped("changed process-wide state during timing: " + ", ".join(changed))
+
+
+def _publish(benchmark, config, session: BenchSession, reg: Registration, problem: Problem, phase: str,
+             timed: Timed, before: ProcessState) -> None:
+    """The kept rounds into pytest-benchmark's stats, then the check after timing; a failed check discards
+    them (and the point's earlier phases)."""
+    calls, contestant, measurement = timed.calls, timed.contestant, timed.measurement
+    settings = session.settings
+    benchmark.extra_info.update(measurement.to_json())
     try:
-        calls.reset_costs()
-        benchmark.pedantic(calls.target, setup=calls.setup, rounds=rounds, warmup_rounds=settings.warmup)
-        # The implementation's share is read with perf_counter: with another timer the difference means nothing.
-        own_clock = getattr(benchmark, "_timer", None) is time.perf_counter
-        costs = calls.harness_costs(list(benchmark.stats.stats.data), settings.warmup) \
-            if own_clock and not benchmark.disabled else None
+        costs = None
+        if not benchmark.disabled:
+            record_rounds(benchmark, contestant.kept)
+            # The implementation's share is read with perf_counter: with another timer the difference means nothing.
+            if session.timer is time.perf_counter:
+                costs = calls.harness_costs(contestant.kept, contestant.kept_calls)
         started = time.perf_counter()
-        check = session.check_after_timing(reg, problem, prepared, calls, before)
+        check = session.check_after_timing(reg, problem, timed.prepared, calls, before)
     except BaseException:
-        # Left by anything at all (a crash from round N, Ctrl-C, a timeout, pytest.skip inside the
-        # implementation): pytest-benchmark may already hold the rounds so far. None of them is checked.
+        # Left by anything at all (Ctrl-C, a timeout, pytest.skip inside the implementation): none of the
+        # rounds is checked.
         discard_point(benchmark, config, session, reg, problem, phase, None)
         raise
     if not check.passed:
         discard_point(benchmark, config, session, reg, problem, phase, check)
         raise AgreementError(check)
+    interference = contestant.summary(settings.round_policy) if not benchmark.disabled else {}
     measurement = dataclasses.replace(measurement, verified=check.check, verified_max_error=check.max_error,
-                                      check_seconds=check_seconds + time.perf_counter() - started,
+                                      check_seconds=measurement.check_seconds + time.perf_counter() - started,
                                       harness_seconds=costs[0] if costs else None,
-                                      rotation_seconds=costs[1] if costs else None)
+                                      rotation_seconds=costs[1] if costs else None,
+                                      interleaved=settings.interleave and not benchmark.disabled,
+                                      **interference)
     benchmark.extra_info.update(measurement.to_json())
     if phase == PHASES[-1]:
         session.measured.pop((reg.name, problem), None)  # the point is complete: nothing left to take back
     else:
         session.measured.setdefault((reg.name, problem), []).append((phase, benchmark))
+
+
+def record_rounds(benchmark, seconds: list[float]) -> None:
+    """Hand the kept rounds to pytest-benchmark as its pedantic mode would have: one stats entry of one
+    iteration per round, so its statistics, table, JSON and comparisons are its own."""
+    benchmark._mode = "benchmark.pedantic(...)"  # the fixture can be used once; this is that once
+    stats = benchmark._make_stats(1)
+    for value in seconds:
+        stats.update(value)

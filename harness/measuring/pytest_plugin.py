@@ -29,6 +29,7 @@ OPTIONS = {
     "lstm_grid": "auto", "lstm_batch": None, "lstm_length": None, "lstm_hidden": None, "lstm_input": None,
     "lstm_layers": None, "lstm_dtype": None, "lstm_impls": None, "lstm_device": "auto", "lstm_plugin": [],
     "lstm_seed": None, "lstm_rounds": None, "lstm_min_rounds": None, "lstm_warmup": None, "lstm_max_time": None,
+    "lstm_interleave": None, "lstm_interference_threshold": None, "lstm_redo_budget": None,
 }
 SUITE_MARK = "LSTM_HARNESS_SUITES"
 
@@ -54,6 +55,12 @@ def pytest_addoption(parser):
     add("--lstm-min-rounds", metavar="N", help="at least this many timed rounds (default 5)")
     add("--lstm-warmup", metavar="N", help="untimed warm-up rounds before timing (default 1)")
     add("--lstm-max-time", metavar="SECONDS", help="time budget that sizes the rounds (default 1.0)")
+    add("--lstm-interleave", metavar="on|off",
+        help="the implementations of a point take their timed rounds in turn (default off)")
+    add("--lstm-interference-threshold", metavar="CORES",
+        help="cores used by other processes that make a block of rounds disturbed (default 0.3)")
+    add("--lstm-redo-budget", metavar="FACTOR",
+        help="disturbed rounds redone, at most, per planned round (default 1.0; 0: none redone, only flagged)")
 
 
 def _harness_run(config) -> bool:
@@ -184,7 +191,9 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
                                  if "impl" not in (b.get("extra_info") or {}) or b["extra_info"].get("verified")]
     output_json[RESULTS_KEY] = RunSection(
         grid=s.grid.name, grid_about=s.grid.about, device=s.device, seed=s.seed, warmup=s.warmup, rounds=s.rounds,
-        min_rounds=s.min_rounds, max_time=s.max_time, allocator=s.allocator,
+        min_rounds=s.min_rounds, max_time=s.max_time, allocator=s.allocator, interleave=s.interleave,
+        interference=session.interference.describe(), interference_threshold=s.threshold,
+        redo_budget=s.redo_budget,
         not_timed=[NotTimed.from_json(entry) for entry in session.outcomes],
         ceilings=[c.as_dict() for c in session.ceilings.values()],
     ).to_json()

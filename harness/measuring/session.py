@@ -39,9 +39,11 @@ from harness.contract.inputs import (
 from harness.contract.problem import PHASES, Problem
 from harness.contract.reference import reference_for
 from harness.contract.registry import Registration, Registry, RegistryError, discover
+from harness.measuring.interference import DEFAULT_THRESHOLD, Interference
 from harness.measuring.isolation import private_copies, written_inputs
 from harness.measuring.memory import allocated_bytes, retained, saved_bytes
 from harness.measuring.process_state import ProcessState
+from harness.measuring.rounds import DEFAULT_REDO_BUDGET, RoundPolicy
 from harness.measuring.roofline import Ceiling, measure_ceiling
 from harness.measuring.timing import TimedCalls, synchronize
 
@@ -57,8 +59,15 @@ class Settings:
     min_rounds: int = 5
     warmup: int = 1
     max_time: float = 1.0
+    interleave: bool = False  # the implementations of a point take their rounds in turn
+    threshold: float = DEFAULT_THRESHOLD  # cores used by others that make a block of rounds disturbed
+    redo_budget: float = DEFAULT_REDO_BUDGET  # disturbed rounds redone, at most, per planned round
     explicit: dict = field(default_factory=dict)  # axis values given on the command line
     allocator: str = ""  # what harness.measuring.allocator did, recorded with the results
+
+    @property
+    def round_policy(self) -> RoundPolicy:
+        return RoundPolicy(self.threshold, self.redo_budget)
 
     @classmethod
     def from_options(cls, get, registry: Registry | None = None) -> Settings:
@@ -124,11 +133,19 @@ class BenchSession:
         self.measured: dict[tuple[str, Problem], list[tuple[str, object]]] = {}
         self.calls_run = 0  # speed tests that reached their call (not deselected, skipped by option, ...)
         self._sets: tuple[Problem, dict[int | str, Inputs]] | None = None
-        self._prepared: tuple[tuple[str, Problem], Prepared] | None = None
+        # Prepared implementations: one at a time, or those of the current point when interleaved.
+        self._prepared: dict[tuple[str, Problem], Prepared] = {}
+        self.group: tuple | None = None  # interleaved: ((problem, phase), rounds of each implementation)
+        self.interference = Interference.for_device(settings.device)
+        self.timer = time.perf_counter  # pytest-benchmark's timer and gc setting, set by the first timed test
+        self.disable_gc = False
 
     def timed_cases(self) -> dict[str, tuple[Registration, Problem, str]]:
         """Timed measurements by test id, problem-major so each (implementation, problem) is
-        prepared once for its three phases."""
+        prepared once for its three phases (interleaved: all the point's implementations at once)."""
+        if self.settings.interleave:  # phase-major: the implementations of a point and phase come together
+            return {f"{reg.name}-{problem.id}-{phase}": (reg, problem, phase)
+                    for problem in self.settings.problems for phase in PHASES for reg in self.settings.impls}
         return {f"{reg.name}-{problem.id}-{phase}": (reg, problem, phase)
                 for problem in self.settings.problems for reg in self.settings.impls for phase in PHASES}
 
@@ -152,10 +169,11 @@ class BenchSession:
             self._sets = (problem, sets)
         return self._sets[1]
 
-    def validated(self, reg: Registration, problem: Problem) -> Prepared:
+    def validated(self, reg: Registration, problem: Problem, keep_others: bool = False) -> Prepared:
         """The prepared implementation, once it has passed every check on `problem`: agreement on
         input set 0 (outputs checked before backward runs), agreement in the saturating range,
-        no write into its inputs, no change of process-wide state.
+        no write into its inputs, no change of process-wide state. keep_others: the others prepared on
+        the same problem stay (interleaved timing); otherwise they are released first.
 
         Raises AgreementError (naming what was wrong) when it has not.
         """
@@ -163,15 +181,26 @@ class BenchSession:
         verdict = self.agreements.get(key)
         if verdict is not None and not verdict.passed:
             raise AgreementError(verdict)
-        if self._prepared is not None and self._prepared[0] == key:
-            return self._prepared[1]
-        self.release()
+        if key in self._prepared:
+            return self._prepared[key]
+        others = [k for k in self._prepared if keep_others and k[1] == problem]
+        self.release(keep=others)
+        before = allocated_bytes(problem.device)
         prepared, verdict = self._check_before_timing(reg, problem)
         self.agreements[key] = verdict
         if prepared is None:
             raise AgreementError(verdict)
-        self._prepared = (key, prepared)
+        if before is not None:
+            # What it holds now is not in the peaks of those prepared before it.
+            for other in others:
+                self._prepared[other].harness_holds(allocated_bytes(problem.device) - before)
+        self._prepared[key] = prepared
         return prepared
+
+    def reject(self, reg: Registration, problem: Problem, check: Agreement) -> None:
+        """A check after validation failed: the verdict for the point, and the implementation released."""
+        self.agreements[(reg.name, problem)] = check
+        self.release(drop=[(reg.name, problem)])
 
     def _check_before_timing(self, reg: Registration, problem: Problem) -> tuple[Prepared | None, Agreement]:
         seed = self.settings.seed
@@ -238,8 +267,7 @@ class BenchSession:
         check.faults += written_inputs({k: pristine[k] for k in prepared.inputs}, prepared.inputs)
         check.faults += state_faults(before)
         if not check.passed:
-            self.agreements[(reg.name, problem)] = check
-            self.release()
+            self.reject(reg, problem, check)
         return check
 
     def ceiling(self, problem: Problem) -> Ceiling:
@@ -248,10 +276,16 @@ class BenchSession:
         self.ceilings[(problem.device, problem.dtype)] = ceiling
         return ceiling
 
-    def release(self) -> None:
-        """Drop the prepared implementation (after a crash or out-of-memory too), and give the
-        memory its allocators keep cached back to the device."""
-        self._prepared = None
+    def release(self, keep: list | None = None, drop: list | None = None) -> None:
+        """Drop the prepared implementations (after a crash or out-of-memory too), all but `keep`, or only
+        `drop`; and give the memory their allocators keep cached back to the device."""
+        if drop is not None:
+            for key in drop:
+                self._prepared.pop(key, None)
+        else:
+            self._prepared = {k: v for k, v in self._prepared.items() if k in (keep or ())}
+            if not keep:
+                self.group = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -150,7 +150,7 @@ def _read(getter) -> object:
 
 
 class TimedCalls:
-    """setup and target of one phase for pytest-benchmark's pedantic mode.
+    """setup and target of the rounds of one phase (harness.measuring.rounds).
 
     Every call runs on one fixed set of input buffers, and each call's setup (outside the timed
     region) copies the next of the point's timed input sets into them: consecutive calls never
@@ -196,8 +196,8 @@ class TimedCalls:
     def plan(self, calls: int, last: int = 0) -> None:
         """The next `calls` calls: consecutive ones on different sets, the first not on the set of
         the call before (the probe's), the last (with two or more calls) on set index `last`.
-        Calls beyond the plan (e.g. pytest-benchmark's cProfile pass) go on rotating, but their
-        results are not the ones checked."""
+        Calls beyond the plan (rounds redone for interference) go on rotating; the latest call's
+        result is the one checked, against the reference of its own set."""
         count = len(self.numbers)
         self.calls, self.planned = 0, max(calls, 1)
         self.schedule = [(last + self.planned - 1 - j) % count for j in range(self.planned)]
@@ -228,8 +228,8 @@ class TimedCalls:
         return (b.x, b.h0, b.c0, b.dy, b.dh_n, b.dc_n), {}
 
     def _keep(self, result: object) -> None:
-        if self.calls <= self.planned:
-            self.result, self.result_set = result, self.last_set
+        # The latest call's, whichever it is: rounds redone for interference run past the plan.
+        self.result, self.result_set = result, self.last_set
 
     def _forward(self, x, h0, c0):
         started = time.perf_counter()
@@ -260,14 +260,16 @@ class TimedCalls:
         self.inner.clear()
         self.rotation.clear()
 
-    def harness_costs(self, round_seconds: list[float], warmup: int) -> tuple[float, float] | None:
+    def harness_costs(self, round_seconds: list[float], call_numbers: list[int]) -> tuple[float, float] | None:
         """(median seconds the harness added inside the timed region per round, median seconds of
-        input rotation per round) over the timed rounds, whose times pytest-benchmark measured as
-        `round_seconds`, after `warmup` rounds; None when the counts do not line up."""
-        timed = slice(warmup, warmup + len(round_seconds))
-        inner, rotation = self.inner[timed], self.rotation[timed]
-        if not round_seconds or len(inner) != len(round_seconds) or len(rotation) != len(round_seconds):
+        input rotation per round) over the kept timed rounds, whose times pytest-benchmark's timer
+        measured as `round_seconds` on the calls numbered `call_numbers` (0: the first call since
+        reset_costs); None when the counts do not line up."""
+        if not round_seconds or len(round_seconds) != len(call_numbers) \
+                or max(call_numbers) >= min(len(self.inner), len(self.rotation)):
             return None
+        inner = [self.inner[n] for n in call_numbers]
+        rotation = [self.rotation[n] for n in call_numbers]
         # Medians as pytest-benchmark takes them (statistics.median: the mean of the middle two).
         outside = [r - i for r, i in zip(round_seconds, inner, strict=True)]
         return statistics.median(outside), statistics.median(rotation)

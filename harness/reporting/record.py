@@ -26,8 +26,9 @@ from harness.contract.problem import PHASES, Problem, ProblemError
 
 RESULTS_KEY = "lstm_harness"  # machine_info[RESULTS_KEY]: the environment; output[RESULTS_KEY]: the run
 SCHEMA_KEY = "schema"  # output[RESULTS_KEY][SCHEMA_KEY]: the version of this record
-SCHEMA_VERSION = "1.3"  # 1.1: setup_seconds; 1.2: a sweep's shards (each with its environment), not_timed.shard;
-# 1.3: harness_seconds and rotation_seconds (the harness's own cost per round)
+SCHEMA_VERSION = "1.4"  # 1.1: setup_seconds; 1.2: a sweep's shards (each with its environment), not_timed.shard;
+# 1.3: harness_seconds and rotation_seconds (the harness's own cost per round); 1.4: interference per row
+# (disturbed_rounds, interference_cores ...) and the run's interference settings
 ABSENT_SCHEMA = "1.0"  # files written before the version was recorded
 
 PROBLEM_FIELDS = tuple(f.name for f in dataclasses.fields(Problem))
@@ -149,6 +150,9 @@ _MEASUREMENT_KINDS = {
     "ceiling_gflops": ("number", True), "saved_bytes": ("number", True), "peak_bytes": ("number", True),
     "peak_includes": ("string", True), "threads": ("integer", True), "process_state": ("object", True),
     "setup_seconds": ("number", True), "harness_seconds": ("number", True), "rotation_seconds": ("number", True),
+    "interleaved": ("boolean", True), "disturbed_rounds": ("integer", True), "redone_rounds": ("integer", True),
+    "interference_cores": ("number", True), "interference_flagged": ("boolean", True),
+    "redo_seconds": ("number", True), "interference_threshold": ("number", True),
 }
 
 
@@ -192,6 +196,17 @@ class Measurement:
     # and the input rotation of each round's setup (outside the timed region).
     harness_seconds: float | None = None
     rotation_seconds: float | None = None
+    # What the machine was doing (harness.measuring.rounds): whether the point's implementations took their
+    # rounds in turn; rounds in blocks where others used more than `interference_threshold` cores, how many
+    # of them were redone and the wall time that cost; the median cores others used during the kept rounds
+    # (None where not measured); flagged: the redo budget ran out, so disturbed rounds were kept.
+    interleaved: bool | None = None
+    disturbed_rounds: int | None = None
+    redone_rounds: int | None = None
+    interference_cores: float | None = None
+    interference_flagged: bool | None = None
+    redo_seconds: float | None = None
+    interference_threshold: float | None = None
     precision: dict = field(default_factory=dict)  # flag name -> value, written flat
     extra: dict = field(default_factory=dict)  # keys of a newer minor version, kept as they were
 
@@ -209,8 +224,8 @@ class Measurement:
         out = {"impl": self.impl, "backend": self.backend, "origin": self.origin, "phase": self.phase,
                "problem_id": self.problem.id, **self.problem.as_dict()}
         out.update({k: getattr(self, k) for k in _MEASUREMENT_KINDS if k not in out})
-        for k in ("verified", "verified_max_error", "check_seconds", "harness_seconds",
-                  "rotation_seconds"):  # written only once checked
+        for k in ("verified", "verified_max_error", "check_seconds", "harness_seconds", "rotation_seconds",
+                  *INTERFERENCE_FIELDS):  # written only once checked
             if out[k] is None:
                 del out[k]
         return out | self.precision | self.extra
@@ -234,6 +249,8 @@ class Measurement:
 
 
 _KNOWN_KEYS = frozenset(_MEASUREMENT_KINDS)
+INTERFERENCE_FIELDS = ("interleaved", "disturbed_rounds", "redone_rounds", "interference_cores",
+                       "interference_flagged", "redo_seconds", "interference_threshold")
 PRECISION_PREFIXES = ("matmul_", "cudnn_", "mkldnn_", "cupy_")  # the flags timing.precision() reports
 
 
@@ -268,6 +285,8 @@ _RUN_KINDS = {
     "grid": ("string", True), "grid_about": ("string", True), "device": ("string", True),
     "seed": ("integer", True), "warmup": ("integer", True), "rounds": ("integer", True),
     "min_rounds": ("integer", True), "max_time": ("number", True), "allocator": ("string", True),
+    "interleave": ("boolean", True), "interference": ("string", True), "interference_threshold": ("number", True),
+    "redo_budget": ("number", True),
 }
 
 
@@ -284,6 +303,10 @@ class RunSection:
     min_rounds: int | None = None
     max_time: float | None = None
     allocator: str | None = None
+    interleave: bool | None = None
+    interference: str | None = None  # how interference was measured (or why not)
+    interference_threshold: float | None = None
+    redo_budget: float | None = None
     not_timed: list[NotTimed] = field(default_factory=list)
     ceilings: list[dict] = field(default_factory=list)  # roofline.Ceiling.as_dict(): gflops, how, ...
     schema: str = SCHEMA_VERSION

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.reporting.record import (
+    INTERFERENCE_FIELDS,
     PROBLEM_FIELDS,  # noqa: F401  (re-exported: the problem columns of a results table)
     RESULTS_KEY,
     SHARD_KEY,
@@ -111,7 +112,8 @@ def _row(path: Path, bench: dict, device_name: str) -> dict:
            # Added later: absent (None) in older results files.
            **{k: getattr(m, k) for k in ("ceiling_gflops", "saved_bytes", "peak_bytes", "saturation_max_error",
                                          "verified_max_error", "check_seconds", "saturation_seconds",
-                                         "setup_seconds", "harness_seconds", "rotation_seconds")},
+                                         "setup_seconds", "harness_seconds", "rotation_seconds",
+                                         *INTERFERENCE_FIELDS)},
            # What peak_bytes includes (its definition changed; older files lack it).
            "peak_includes": m.peak_includes,
            # Raw per-round timings (seconds), kept for --compare's statistical test.
