@@ -1,11 +1,11 @@
 """`python -m harness compare OLD.json NEW.json [--fail-above RATIO] [--normalize-by IMPL] [--allow-missing]`.
 
-Per implementation, problem and phase: the ratio of medians new/old and a verdict from a
-Mann-Whitney U test on the raw per-round timings saved with the results: faster, slower, same,
-or uncertain (a difference the rounds cannot resolve). With --normalize-by IMPL every timing is
+Per implementation, problem and phase: the ratio of medians new/old, its 95 % bootstrap confidence
+interval over the raw per-round timings saved with the results, and the verdict the interval
+supports: faster, slower, same, or uncertain (an interval too wide to say). With --normalize-by IMPL every timing is
 first divided by IMPL's median at the same problem and phase of the same run, so drift of the
 whole machine between the runs cancels. With --fail-above, exits 1 when any point is slower
-than that ratio with confidence, when no point was in both runs, or when a point of OLD is
+than that ratio with confidence (the whole interval above it), when no point was in both runs, or when a point of OLD is
 missing from NEW (unless --allow-missing).
 """
 

@@ -22,12 +22,22 @@ def add_arguments(parser) -> None:
 
     parser.add_argument("results", nargs="*", type=Path,
                         help=f"results JSON files (default: the newest under {DEFAULT_STORAGE}/)")
-    parser.add_argument("--baseline", default="modular", help="implementation the speedups are against")
+    parser.add_argument("--baseline", help="implementation the speedups are against (default: modular if it has "
+                                           "results, else cudnn, else the first implementation in the results)")
     parser.add_argument("--name", help="report name: writes <out-dir>/<name>.md (default: the results file's stem)")
     parser.add_argument("--out-dir", type=Path, default=Path("reports"), help="where the report goes")
     parser.add_argument("--csv", type=Path, metavar="FILE", help="also write every timing as a flat CSV table")
     parser.add_argument("--storage", type=Path, default=DEFAULT_STORAGE, help="where the benchmark run saved")
     parser.add_argument("--no-plots", action="store_true", help="skip the seaborn figures")
+
+
+PREFERRED_BASELINES = ("modular", "cudnn")  # the seed's baseline, then the vendor's
+
+
+def default_baseline(known: list[str]) -> str:
+    """The baseline when none is named: the first of PREFERRED_BASELINES with results, else the first
+    implementation the results hold (a run of only other implementations still gets its speedups)."""
+    return next((name for name in PREFERRED_BASELINES if name in known), known[0] if known else "modular")
 
 
 def run(args) -> int:
@@ -41,8 +51,10 @@ def run(args) -> int:
     except ResultsError as exc:
         print(f"{prefix}: error: {exc}", file=sys.stderr)
         return 2
-    known = set(results.timings.get("impl", []))
-    if known and args.baseline not in known:
+    known = list(dict.fromkeys(results.timings.get("impl", [])))
+    if args.baseline is None:
+        args.baseline = default_baseline(known)
+    elif known and args.baseline not in known:
         print(f"{prefix}: error: --baseline {args.baseline!r} has no results; "
               f"choose from {', '.join(sorted(known))}", file=sys.stderr)
         return 2

@@ -1,11 +1,12 @@
 """Run-to-run comparison (`python -m harness compare OLD.json NEW.json`: harness.commands.compare).
 
-Per implementation, problem and phase: the ratio of medians new/old and a verdict from a
-Mann-Whitney U test on the raw per-round timings saved with the results: faster, slower, same,
-or uncertain (a difference the rounds cannot resolve). With --normalize-by IMPL every timing is
+Per implementation, problem and phase: the ratio of medians new/old, its 95 % bootstrap confidence
+interval over the raw per-round timings saved with the results (harness.reporting.confidence), and the
+verdict the interval supports: faster, slower, same, or uncertain (a difference the rounds cannot
+resolve). With --normalize-by IMPL every timing is
 first divided by IMPL's median at the same problem and phase of the same run, so drift of the
 whole machine between the runs cancels. With --fail-above, exits 1 when any point is slower
-than that ratio with confidence (one-sided test of new against old x RATIO), when no point was
+than that ratio with confidence (its whole interval above RATIO), when no point was
 in both runs, or when a point of OLD is missing from NEW (unless --allow-missing).
 Differences of device or software between the two runs are printed before anything else.
 """
@@ -17,16 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import mannwhitneyu
-
 from harness.contract.problem import Problem
+from harness.reporting.confidence import LEVEL, ratio_interval
 from harness.reporting.record import PROBLEM_FIELDS, problem_label
 from harness.reporting.results import ResultsError, load_results
 
 PROG = "harness.report --compare"
-ALPHA = 0.01  # significance of every test
-SAME_BAND = 0.02  # a significant change smaller than 2 % is reported as "same"
-RESOLVE_BAND = 0.05  # an insignificant change larger than 5 % is "uncertain", not "same"
+SAME_BAND = 0.02  # a change smaller than 2 % is never called faster or slower
+RESOLVE_BAND = 0.05  # "same" needs the whole interval within 5 % of 1; wider is "uncertain"
 MIN_ROUNDS = 3
 ENV_KEYS = ("device_name", "gpu", "gpu_driver", "torch", "torch_cuda", "cudnn", "cupy", "numpy", "python",
             "cpu_model", "torch_threads", "harness", "harness_commit")
@@ -35,7 +34,7 @@ ENV_KEYS = ("device_name", "gpu", "gpu_driver", "torch", "torch_cuda", "cudnn", 
 DEVICE_KEY = ["device", "device_name"]
 POINT = [f for f in PROBLEM_FIELDS if f not in DEVICE_KEY]  # what a point is on any device
 KEY = [*POINT, "impl", "phase", *DEVICE_KEY]
-JUDGED = ["ratio", "p", "verdict", "regression"]
+JUDGED = ["ratio", "low", "high", "verdict", "regression"]
 ONE_SIDED = {"left_only": "only in old", "right_only": "only in new"}
 
 
@@ -48,20 +47,25 @@ def environment_differences(old: dict, new: dict) -> list[str]:
 
 
 def judge(old: list[float], new: list[float], fail_above: float | None = None) -> dict:
+    """The ratio of medians new/old, its bootstrap confidence interval over the rounds of both runs, and
+    the verdict that interval supports; a regression only when the whole interval is above fail_above."""
     old_a, new_a = np.asarray(old, dtype=float), np.asarray(new, dtype=float)
     ratio = float(np.median(new_a) / np.median(old_a))
-    if len(old_a) < MIN_ROUNDS or len(new_a) < MIN_ROUNDS:
-        return {"ratio": ratio, "p": float("nan"), "verdict": "uncertain", "regression": False}
-    p = float(mannwhitneyu(new_a, old_a, alternative="two-sided").pvalue)
-    if p < ALPHA and abs(ratio - 1) >= SAME_BAND:
-        verdict = "slower" if ratio > 1 else "faster"
-    elif p >= ALPHA and abs(ratio - 1) > RESOLVE_BAND:
-        verdict = "uncertain"
-    else:
+    interval = ratio_interval(new_a, old_a) if min(len(old_a), len(new_a)) >= MIN_ROUNDS else None
+    if interval is None:
+        return {"ratio": ratio, "low": float("nan"), "high": float("nan"), "verdict": "uncertain",
+                "regression": False}
+    low, high = interval
+    if low > 1 and ratio >= 1 + SAME_BAND:
+        verdict = "slower"
+    elif high < 1 and ratio <= 1 - SAME_BAND:
+        verdict = "faster"
+    elif low >= 1 - RESOLVE_BAND and high <= 1 + RESOLVE_BAND:
         verdict = "same"
-    regression = bool(fail_above is not None
-                      and mannwhitneyu(new_a, old_a * fail_above, alternative="greater").pvalue < ALPHA)
-    return {"ratio": ratio, "p": p, "verdict": verdict, "regression": regression}
+    else:
+        verdict = "uncertain"  # the interval is too wide to say, or straddles a small change
+    regression = bool(fail_above is not None and low > fail_above)
+    return {"ratio": ratio, "low": low, "high": high, "verdict": verdict, "regression": regression}
 
 
 def _timings(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -124,7 +128,7 @@ def _judged(merged: pd.DataFrame, fail_above: float | None, reference: str | Non
                           index=both.index, columns=JUDGED)
     if reference is not None:
         # Its normalised timings are 1 by construction (up to rounding): say so exactly, and judge nothing.
-        judged.loc[both.impl == reference, JUDGED] = [1.0, float("nan"), "same", False]
+        judged.loc[both.impl == reference, JUDGED] = [1.0, 1.0, 1.0, "same", False]
     return judged
 
 
@@ -173,11 +177,14 @@ def _print_table(table: pd.DataFrame, notes: list[str], normalize_by: str | None
               f"problem and phase of the same run, so drift of the whole machine cancels ({normalize_by}'s own "
               "rows are 1.00 by construction; a change of its own cannot be seen here). old_ms and new_ms are raw.\n")
     shown = table.drop(columns="why")
-    for col, fmt in (("old_ms", "{:.3g}"), ("new_ms", "{:.3g}"), ("ratio", "{:.3f}"), ("p", "{:.1e}"),
-                     ("regression", "{}")):
+    for col, fmt in (("old_ms", "{:.3g}"), ("new_ms", "{:.3g}"), ("ratio", "{:.3f}"), ("regression", "{}")):
         shown[col] = [fmt.format(v) if pd.notna(v) else "-" for v in shown[col]]
+    interval = f"{LEVEL:.0%} interval"
+    shown.insert(shown.columns.get_loc("ratio") + 1, interval,
+                 [f"[{lo:.3f}, {hi:.3f}]" if pd.notna(lo) else "-" for lo, hi in zip(shown.low, shown.high, strict=True)])
+    shown = shown.drop(columns=["low", "high"])
     # disable_numparse: tabulate would otherwise reprint "1.000" as "1".
-    shown = shown.rename(columns={"ratio": ratio, "p": "p (Mann-Whitney)"})
+    shown = shown.rename(columns={"ratio": ratio})
     print(shown.to_markdown(index=False, disable_numparse=True))
     counts = table.verdict.value_counts().to_dict()
     print("\n" + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
@@ -187,8 +194,9 @@ def _regressions(table: pd.DataFrame, fail_above: float) -> str | None:
     bad = table[table.regression.eq(True)]
     if bad.empty:
         return None
-    return (f"slower than {fail_above}x with confidence (p < {ALPHA}): "
-            + ", ".join(f"{r.impl} {r.problem} {r.phase} ({r.ratio:.2f}x)" for r in bad.itertuples()))
+    return (f"slower than {fail_above}x with confidence (the whole {LEVEL:.0%} interval above it): "
+            + ", ".join(f"{r.impl} {r.problem} {r.phase} ({r.ratio:.2f}x, [{r.low:.2f}, {r.high:.2f}])"
+                        for r in bad.itertuples()))
 
 
 def _nothing_compared(table: pd.DataFrame, reference: str | None, paths: list[Path]) -> str | None:

@@ -12,12 +12,14 @@ from pathlib import Path
 import pandas as pd
 
 from harness.contract.problem import PHASES, Problem
+from harness.reporting.confidence import LEVEL, format_interval, ratio_interval
 from harness.reporting.record import PROBLEM_FIELDS, problem_label
 from harness.reporting.results import Results, Run
 
 PHASE_TITLES = {"forward": "Forward (ms)", "backward": "Backward (ms)", "total": "Total (ms)"}
 NOISY = 0.10  # IQR / median above this: the row is flagged (torch.utils.benchmark warns at the same)
 NOISE_MARK = "†"
+DISTURBED_MARK = "⚠"  # the redo budget ran out: disturbed rounds are in the time
 SUSPECT_PERCENT = 100  # faster than the device's own best GEMM: wrong code or a wrong measurement, not a speed
 SUSPECT_MARK = "‼"
 MISSING = "-"  # a time, rate or speedup that does not exist (the phase crashed or was not run)
@@ -43,21 +45,34 @@ def format_bytes(value) -> str:
     return f"{int(value)} B"
 
 
-def _speedup(base: float, value: float) -> str:
+def _speedup(base: float, value: float, base_data=None, data=None) -> str:
+    """base/value, with the bootstrap interval of that ratio over both sides' rounds where they are saved."""
     # A crashed or missing phase on either side has no ratio.
-    return MISSING if pd.isna(base) or pd.isna(value) else f"{base / value:.2f}x"
+    if pd.isna(base) or pd.isna(value):
+        return MISSING
+    cell = f"{base / value:.2f}x"
+    if base_data is data:  # the baseline's own row: 1 by construction
+        return cell
+    interval = ratio_interval(base_data, data) if _has_rounds(base_data) and _has_rounds(data) else None
+    return f"{cell} {format_interval(interval)}" if interval is not None else cell
+
+
+def _has_rounds(data) -> bool:
+    return isinstance(data, list) and len(data) > 0
 
 
 def _is_suspect(percent: float) -> bool:
     return pd.notna(percent) and percent > SUSPECT_PERCENT
 
 
-def _time_cells(medians: pd.DataFrame, noise: pd.DataFrame, suspect: pd.DataFrame, phase: str) -> list[str]:
+def _time_cells(medians: pd.DataFrame, noise: pd.DataFrame, suspect: pd.DataFrame, disturbed: pd.DataFrame,
+                phase: str) -> list[str]:
     best = medians[phase].min()
     cells = []
     for impl, v in medians[phase].items():
         cell = f"**{format_ms(v)}**" if v == best else format_ms(v)
         cell += NOISE_MARK if noise.at[impl, phase] > NOISY else ""
+        cell += DISTURBED_MARK if disturbed.at[impl, phase] else ""
         cells.append(cell + f" {SUSPECT_MARK}" if suspect.at[impl, phase] else cell)
     return cells
 
@@ -81,12 +96,15 @@ def problem_table(rows: pd.DataFrame, baseline: str) -> pd.DataFrame:
 
     noise = per_phase(rows.iqr_ms / rows.median_ms)
     suspect = per_phase(rows.percent_of_ceiling.map(_is_suspect).astype(float)).fillna(0).astype(bool)
+    disturbed = per_phase(_flagged(rows).astype(float)).fillna(0).astype(bool)
     for phase in medians.columns:
-        table[PHASE_TITLES[phase]] = _time_cells(medians, noise, suspect, phase)
+        table[PHASE_TITLES[phase]] = _time_cells(medians, noise, suspect, disturbed, phase)
     if baseline in medians.index:
+        data = {(r.impl, r.phase): r.data for r in rows.itertuples()} if "data" in rows else {}
         for phase in medians.columns:
             table[f"{phase.capitalize()} vs {baseline}"] = [
-                _speedup(medians.at[baseline, phase], v) for v in medians[phase]]
+                _speedup(medians.at[baseline, phase], v, data.get((baseline, phase)), data.get((impl, phase)))
+                for impl, v in medians[phase].items()]
     main_phase = "total" if "total" in medians.columns else medians.columns[0]
     rate = rows[rows.phase == main_phase].set_index("impl").reindex(medians.index)
     gpu = (rows.device == "cuda").any()
@@ -219,6 +237,42 @@ def _harness_cost_lines(t: pd.DataFrame) -> list[str]:
             "(median), in each round's setup, outside the timed region"]
 
 
+def _flagged(rows: pd.DataFrame) -> pd.Series:
+    """Rows whose time includes disturbed rounds (the redo budget ran out); False where not recorded."""
+    if "interference_flagged" not in rows:
+        return pd.Series(False, index=rows.index)
+    return rows["interference_flagged"].map(lambda v: v is True)
+
+
+def interference_line(t: pd.DataFrame, settings: list[dict]) -> str | None:
+    """The header's line on what the machine was doing while the rows were timed; None for results written
+    before interference was measured."""
+    if t.empty or "disturbed_rounds" not in t or t["disturbed_rounds"].isna().all():
+        return None
+    how = next((s.get("interference") for s in settings if s.get("interference")), None)
+    if how and how.startswith("not measured"):
+        return f"Interference: {how}; the times below may include other processes' load, unseen."
+    t = t.dropna(subset=["disturbed_rounds"])
+    threshold = t["interference_threshold"].dropna().max()
+    redone, disturbed, kept = (int(t[c].sum()) for c in ("redone_rounds", "disturbed_rounds", "rounds"))
+    flagged = t[_flagged(t)]
+    cores = t["interference_cores"].dropna()
+    typical = (f"other processes used {cores.median():.2f} cores (median over rows; at most {cores.max():.2f}) "
+               "during the kept rounds") if not cores.empty else "cores used by others not measured"
+    if disturbed == 0:
+        return (f"Interference: quiet: no round was timed while other processes used more than {threshold:g} "
+                f"cores; {typical}.")
+    hit = int((t["disturbed_rounds"] > 0).sum())
+    text = (f"Interference: disturbed: {disturbed} of {kept + redone} timed rounds ({100 * disturbed / (kept + redone):.1f} "
+            f"%) ran while other processes used more than {threshold:g} cores, in {hit} of {len(t)} rows; "
+            f"{redone} were redone ({t['redo_seconds'].sum():.1f} s of wall time); {typical}.")
+    if flagged.empty:
+        return text + " Every row kept only quiet rounds."
+    return text + (f" {DISTURBED_MARK} {len(flagged)} row(s) could not get enough quiet rounds within the redo budget "
+                   "and keep disturbed ones: " + ", ".join(f"{r.impl} {r.phase} {_label(r._asdict())}"
+                                                           for r in flagged.itertuples()) + ".")
+
+
 def _peak_lines(t: pd.DataFrame) -> list[str]:
     """What the Peak columns count, when any table has them (CUDA rows with a peak)."""
     rows = t[(t.device == "cuda") & t.peak_bytes.notna()] if "peak_bytes" in t else t.iloc[:0]
@@ -246,7 +300,10 @@ def _timing_lines(t: pd.DataFrame) -> list[str]:
         f"- **Timing**: pytest-benchmark, median of {rounds} rounds after {'/'.join(map(str, warmups))} "
         "warm-up round(s) (and one untimed probe call); every timed region ends with device completion; "
         f"{NOISE_MARK} marks a time whose interquartile range is above {NOISY:.0%} of its median; "
-        f"{SUSPECT_MARK} marks a rate above {SUSPECT_PERCENT}% of the measured ceiling (not to be trusted)",
+        f"{SUSPECT_MARK} marks a rate above {SUSPECT_PERCENT}% of the measured ceiling (not to be trusted); "
+        f"{DISTURBED_MARK} a time that includes rounds disturbed by other processes (the redo budget ran out); "
+        f"each speedup `Nx [low, high]` comes with its {LEVEL:.0%} bootstrap interval over the rounds of both "
+        "implementations",
         f"- **Agreement**: every time below comes from an implementation that first matched the float64 "
         f"reference on that problem (norm-wise relative error of outputs and all gradients; tolerance "
         f"{tol}; worst seen {t['agreement_max_error'].max():.1e})" + _checked_lines(t),
@@ -394,6 +451,10 @@ def _cross_device_lines(results: Results, names: list[str]) -> list[str]:
 def render(results: Results, baseline: str, title: str, figures: list[Path] = (), base: Path = Path(".")) -> str:
     lines = [f"# LSTM benchmark report: {title}", ""]
     lines += _run_lines(results) + _timing_lines(results.timings)
+    interference = interference_line(results.timings, [run.settings for run in results.runs])
+    if interference is not None:
+        at = lines.index("## Implementations")
+        lines[at:at] = [interference, ""]
     if figures:
         lines += ["## Figures", ""]
         lines += [f"![{f.stem}]({f.relative_to(base).as_posix()})" for f in figures] + [""]
