@@ -25,7 +25,7 @@ from harness.reporting.results import ResultsError, load_results
 
 PROG = "harness.report --compare"
 SAME_BAND = 0.02  # a change smaller than 2 % is never called faster or slower
-RESOLVE_BAND = 0.05  # "same" needs the whole interval within 5 % of 1; wider is "uncertain"
+RESOLVE_BAND = 0.05  # an unresolved change of over 5 % is "uncertain", not "same"
 MIN_ROUNDS = 3
 ENV_KEYS = ("device_name", "gpu", "gpu_driver", "torch", "torch_cuda", "cudnn", "cupy", "numpy", "python",
             "cpu_model", "torch_threads", "harness", "harness_commit")
@@ -60,10 +60,10 @@ def judge(old: list[float], new: list[float], fail_above: float | None = None) -
         verdict = "slower"
     elif high < 1 and ratio <= 1 - SAME_BAND:
         verdict = "faster"
-    elif low >= 1 - RESOLVE_BAND and high <= 1 + RESOLVE_BAND:
-        verdict = "same"
+    elif abs(ratio - 1) <= RESOLVE_BAND:
+        verdict = "same"  # no change the interval can resolve, and the medians within 5 % (the interval says how sure)
     else:
-        verdict = "uncertain"  # the interval is too wide to say, or straddles a small change
+        verdict = "uncertain"  # a change of over 5 % that the interval cannot tell from none
     regression = bool(fail_above is not None and low > fail_above)
     return {"ratio": ratio, "low": low, "high": high, "verdict": verdict, "regression": regression}
 
