@@ -262,10 +262,6 @@ def test_summary_gives_the_rows_interference_fields():
     }
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="run_rounds redoes a disturbed block that ran no rounds without advancing the stretch: "
-                          "with min_block 0, once the contestant with the most rounds has left, the cycles where "
-                          "the others have nothing to run are 'redone' for as long as readings are disturbed")
 def test_an_empty_disturbed_block_does_not_stall_the_run():
     """a (6 rounds, sets the pace) leaves at once; b (3 rounds) runs every other cycle. Every block is disturbed,
     so b's rounds are redone until the budget is spent and then kept: the run must still end."""

@@ -94,7 +94,10 @@ class CpuMonitor:
             return None
         if not first or first[0] != b"cpu" or len(first) < 5:
             return None
-        values = [int(v) for v in first[1:]]
+        try:
+            values = [int(v) for v in first[1:]]
+        except ValueError:
+            return None
         busy = sum(values[i] for i in BUSY_FIELDS if i < len(values))
         steal = values[STEAL_FIELD] if len(values) > STEAL_FIELD else 0
         return busy * self.tick, steal * self.tick

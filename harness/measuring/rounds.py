@@ -141,7 +141,7 @@ def run_rounds(contestants: list[Contestant], warmup: int, interference: Interfe
             readings.append(reading)
         count = sum(len(r) for r in block.rounds.values())
         disturbed = reading is not None and reading.disturbed(policy.threshold)
-        if left or (disturbed and redone + count <= budget):
+        if count and (left or (disturbed and redone + count <= budget)):  # an empty block has nothing to redo
             redone += count if disturbed else 0
             for i, rounds in block.rounds.items():
                 c = contestants[i]

@@ -43,8 +43,8 @@ from harness.measuring.interference import DEFAULT_THRESHOLD, Interference
 from harness.measuring.isolation import private_copies, written_inputs
 from harness.measuring.memory import allocated_bytes, retained, saved_bytes
 from harness.measuring.process_state import ProcessState
-from harness.measuring.rounds import DEFAULT_REDO_BUDGET, RoundPolicy
 from harness.measuring.roofline import Ceiling, measure_ceiling
+from harness.measuring.rounds import DEFAULT_REDO_BUDGET, RoundPolicy
 from harness.measuring.timing import TimedCalls, synchronize
 
 

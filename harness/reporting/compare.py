@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from harness.contract.problem import Problem
 from harness.reporting.confidence import LEVEL, ratio_interval
 from harness.reporting.record import PROBLEM_FIELDS, problem_label
@@ -181,7 +182,8 @@ def _print_table(table: pd.DataFrame, notes: list[str], normalize_by: str | None
         shown[col] = [fmt.format(v) if pd.notna(v) else "-" for v in shown[col]]
     interval = f"{LEVEL:.0%} interval"
     shown.insert(shown.columns.get_loc("ratio") + 1, interval,
-                 [f"[{lo:.3f}, {hi:.3f}]" if pd.notna(lo) else "-" for lo, hi in zip(shown.low, shown.high, strict=True)])
+                 [f"[{lo:.3f}, {hi:.3f}]" if pd.notna(lo) else "-"
+                  for lo, hi in zip(shown.low, shown.high, strict=True)])
     shown = shown.drop(columns=["low", "high"])
     # disable_numparse: tabulate would otherwise reprint "1.000" as "1".
     shown = shown.rename(columns={"ratio": ratio})

@@ -263,8 +263,9 @@ def interference_line(t: pd.DataFrame, settings: list[dict]) -> str | None:
         return (f"Interference: quiet: no round was timed while other processes used more than {threshold:g} "
                 f"cores; {typical}.")
     hit = int((t["disturbed_rounds"] > 0).sum())
-    text = (f"Interference: disturbed: {disturbed} of {kept + redone} timed rounds ({100 * disturbed / (kept + redone):.1f} "
-            f"%) ran while other processes used more than {threshold:g} cores, in {hit} of {len(t)} rows; "
+    share = 100 * disturbed / (kept + redone)
+    text = (f"Interference: disturbed: {disturbed} of {kept + redone} timed rounds ({share:.1f} %) ran while "
+            f"other processes used more than {threshold:g} cores, in {hit} of {len(t)} rows; "
             f"{redone} were redone ({t['redo_seconds'].sum():.1f} s of wall time); {typical}.")
     if flagged.empty:
         return text + " Every row kept only quiet rounds."
