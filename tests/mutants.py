@@ -96,7 +96,21 @@ class RunsOutOfMemory(FusedLSTM):
         return super().backward(dy, dh_n, dc_n)
 
 
-BROKEN = [Crashes, RunsOutOfMemory]
+class ThreadsWhileTimed(FusedLSTM):
+    """Right through every check before timing, then changes torch's thread count from its third forward on:
+    inside the timed rounds, where (interleaved) the implementations after it would run under its change."""
+
+    name = "mutant_threads_while_timed"
+    description = "sets torch's thread count during the timed rounds"
+
+    def forward(self, x, h0, c0):
+        self._forwards = getattr(self, "_forwards", 0) + 1
+        if self._forwards >= 3:
+            torch.set_num_threads(1 if torch.get_num_threads() > 1 else 2)
+        return super().forward(x, h0, c0)
+
+
+BROKEN = [Crashes, RunsOutOfMemory, ThreadsWhileTimed]
 
 
 # -- Wrong in ways one forward + backward on one input set cannot see --------------------------

@@ -116,3 +116,23 @@ def test_earlier_forms_as_written_in_the_readme(run_python, tmp_path):
     for module in ("harness.sequence", "harness.sequence_plot", "harness.gpu_check"):
         helped = run_python("-m", module, "--help")
         assert helped.returncode == 0 and "usage:" in helped.stdout, helped.stderr
+
+
+def test_interleaved_rounds_through_the_suite(run_python, tmp_path):
+    """--lstm-interleave on, through the real speed suite: the point's implementations take their rounds in
+    turn and are recorded so; one that changes process-wide state inside the timed rounds is named and gets no
+    time, and one that skips mid-timing is skipped alone; the others are timed and checked."""
+    out = tmp_path / "r.json"
+    proc = run_python("-m", "pytest", "suites/test_speed.py", "--benchmark-only", "--lstm-grid", "smoke",
+                      "--lstm-batch", "3", "--lstm-length", "4", "--lstm-plugin", "mutant_plugin", "--lstm-rounds", "6",
+                      "--lstm-impls", "fused,mutant_threads_while_timed,cudnn,mutant_skips", "--lstm-interleave",
+                      "on", "--benchmark-json", str(out), "-p", "no:cacheprovider", "-q")
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "changed process-wide state during timing: torch.get_num_threads()" in proc.stdout
+    data = json.loads(out.read_text())
+    timed = {(b["extra_info"]["impl"], b["extra_info"]["phase"]) for b in data["benchmarks"]}
+    assert timed == {(impl, phase) for impl in ("fused", "cudnn") for phase in ("forward", "backward", "total")}
+    assert all(b["extra_info"]["interleaved"] and b["stats"]["rounds"] == 6 for b in data["benchmarks"])
+    not_timed = {(n["impl"], n["outcome"]) for n in data["lstm_harness"]["not_timed"]}
+    assert ("mutant_threads_while_timed", "failed") in not_timed and ("mutant_skips", "skipped") in not_timed
+    assert data["lstm_harness"]["interleave"] is True

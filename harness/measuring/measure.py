@@ -25,7 +25,7 @@ from harness.contract.reference import reference_for
 from harness.contract.registry import Registration
 from harness.measuring.memory import PEAK_INCLUDES, retained
 from harness.measuring.process_state import ProcessState
-from harness.measuring.rounds import Contestant, Dropped, run_rounds
+from harness.measuring.rounds import STOP_EVERYTHING, Contestant, Dropped, run_rounds
 from harness.measuring.session import BenchSession, Prepared
 from harness.measuring.timing import TimedCalls, choose_rounds, precision, probe, synchronize
 from harness.reporting.record import Measurement, NotTimed
@@ -133,7 +133,13 @@ def _timed_and_checked(benchmark, config, session: BenchSession, reg: Registrati
         args, kwargs = timed.calls.setup()
         timed.calls.target(*args, **kwargs)
     else:
-        timed = _timed(session, reg, problem, phase, flags)
+        try:
+            timed = _timed(session, reg, problem, phase, flags)
+        except BaseException:
+            # Its rounds did not finish (a crash, pytest.skip inside the implementation, a change of state):
+            # the point's earlier phases go too.
+            discard_point(benchmark, config, session, reg, problem, phase, None)
+            raise
     _publish(benchmark, config, session, reg, problem, phase, timed, before)
 
 
@@ -222,7 +228,9 @@ def _time_group(session: BenchSession, regs: list[Registration], problem: Proble
         try:
             out[reg.name] = _prepare(session, reg, problem, phase, settings.warmup, flags=flags,
                                      keep_others=len(regs) > 1)
-        except Exception as exc:  # noqa: BLE001 - raised again by the implementation's own test
+        except STOP_EVERYTHING:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - raised again by the implementation's own test (pytest.skip too)
             traceback.clear_frames(exc.__traceback__)
             out[reg.name] = exc
     timed = [t for t in out.values() if isinstance(t, Timed)]

@@ -57,7 +57,7 @@ class Contestant:
     redo_seconds: float = 0.0  # wall time of the blocks it took part in that were redone
     calls: int = 0
     dropped: str | None = None
-    error: Exception | None = None  # what its call raised: it left the run; the caller re-raises it
+    error: BaseException | None = None  # what its call raised: it left the run; the caller re-raises it
 
     @property
     def flagged(self) -> bool:
@@ -164,7 +164,8 @@ def run_rounds(contestants: list[Contestant], warmup: int, interference: Interfe
 
 def _guarded(c: Contestant, run: Callable[[], float]) -> float:
     """One round of `c`, and its after-round check: a Dropped, or any exception, takes it out of the run
-    (an exception is kept on it). KeyboardInterrupt and the like stop everything."""
+    (an exception is kept on it, pytest.skip's included: it is the contestant's own outcome). KeyboardInterrupt
+    and the like stop everything."""
     if c.dropped is not None:
         return 0.0
     try:
@@ -174,6 +175,11 @@ def _guarded(c: Contestant, run: Callable[[], float]) -> float:
         return seconds
     except Dropped as exc:
         c.dropped = str(exc)
-    except Exception as exc:  # noqa: BLE001 - re-raised by whoever owns the contestant
+    except STOP_EVERYTHING:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - re-raised by whoever owns the contestant (pytest.skip too)
         c.error, c.dropped = exc, f"raised {type(exc).__name__}: {exc}"
     return 0.0
+
+
+STOP_EVERYTHING = (KeyboardInterrupt, SystemExit, GeneratorExit)
