@@ -37,7 +37,7 @@ def session(plugin, monkeypatch):
     session = BenchSession(Settings.from_options(options.get, local))
     released = []
     real_release = session.release
-    monkeypatch.setattr(session, "release", lambda: (released.append(True), real_release()))
+    monkeypatch.setattr(session, "release", lambda **kw: (released.append(True), real_release(**kw)))
     session.released = released
     return session
 
@@ -61,7 +61,7 @@ def test_a_cupy_out_of_memory_fails_that_point_with_the_reason_and_releases_it(s
         measure_phase(FakeBenchmark(), types.SimpleNamespace(), session, reg, big, "forward")
     message = str(failed.value)
     assert message.startswith(f"oom_cupy ran out of memory on {big.id}: Out of memory allocating 1,099,511,627,776")
-    assert session.released and session._prepared is None
+    assert session.released and not session._prepared
     # The next point of the same implementation goes on, and is timed.
     benchmark = FakeBenchmark()
     measure_phase(benchmark, types.SimpleNamespace(), session, reg, small, "backward")
