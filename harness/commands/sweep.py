@@ -57,7 +57,7 @@ GRID_OPTIONS = {
     "lstm_max_time": (("--lstm-max-time",), "SECONDS", "time budget that sizes the rounds (default 1.0)"),
     "lstm_interleave": (("--lstm-interleave",), "on|off", "implementations of a point take rounds in turn"),
     "lstm_interference_threshold": (("--lstm-interference-threshold",), "CORES",
-                                    "cores used by others that make rounds disturbed (default 0.3)"),
+                                    "cores used by others that make rounds disturbed (default 0.1)"),
     "lstm_redo_budget": (("--lstm-redo-budget",), "FACTOR", "disturbed rounds redone per planned round (default 1)"),
 }
 # What a resumed sweep must share with the sweep it resumes (its options as given, and the split).

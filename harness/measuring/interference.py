@@ -4,9 +4,9 @@ CPU: the CPU time other processes used, as `/proc/stat`'s busy time of all CPUs 
 process's own CPU time (all its threads), plus the VM's steal time, both per second of wall
 time: cores taken from us. `/proc/stat` counts in clock ticks (10 ms of CPU time at the usual
 USER_HZ of 100), so one reading means little over a short stretch; the round runner
-(harness.measuring.rounds) therefore judges blocks of rounds long enough to resolve a fraction of
-a core, and judges conservatively: a block is disturbed only when its reading, less one counter
-step, is over the threshold.
+(harness.measuring.rounds) therefore judges blocks of rounds of at least 100 ms, and judges
+conservatively: a block is disturbed only when its reading, less the counters' resolution, is over
+the threshold.
 
 CUDA, where NVML is importable (nvidia-ml-py's `pynvml`): the SM clock, the throttle reasons
 that slow a GPU down (power, thermal, hardware slowdown) and compute processes other than this one
@@ -26,9 +26,12 @@ PROC_STAT = Path("/proc/stat")
 # guest time is already inside user; idle and iowait are no one's work.
 BUSY_FIELDS = (0, 1, 2, 5, 6)
 STEAL_FIELD = 7
-DEFAULT_THRESHOLD = 0.3  # cores used by others during a block that make it disturbed
-# A block lasts at least this many counter steps of /proc/stat: at 5, an error of one step is 0.2 cores.
-STEPS_PER_BLOCK = 5
+# Cores used by others during a block that make it disturbed. On two cores, with the timed code using both,
+# a tenth of a core taken at the wrong moment already stalls a parallel region (measured: rounds overlapping a
+# burst of another process by a fraction of their length read 0.1 to 0.3 cores and ran slow).
+DEFAULT_THRESHOLD = 0.1
+# A block lasts at least this many counter steps of /proc/stat: at 10, an error of one step is 0.1 cores.
+STEPS_PER_BLOCK = 10
 
 
 def clock_tick() -> float:
@@ -110,8 +113,9 @@ class CpuMonitor:
 
     @property
     def quantum(self) -> float:
-        # busy and steal are each floored to a tick; own time is exact.
-        return 2 * self.tick
+        """The counters' resolution in CPU seconds: busy time is floored to a tick (own time is exact); steal,
+        floored too, adds a tick more where the hypervisor steals at all (between() counts it then)."""
+        return self.tick
 
     @property
     def min_block(self) -> float:
@@ -122,7 +126,7 @@ class CpuMonitor:
 def between(a: CpuSample, b: CpuSample, quantum: float) -> Reading:
     steal = max(0.0, b.steal - a.steal)
     others = (b.busy - a.busy) - (b.own - a.own) + steal
-    return Reading(wall=b.wall - a.wall, others=others, steal=steal, quantum=quantum)
+    return Reading(wall=b.wall - a.wall, others=others, steal=steal, quantum=quantum * (2 if steal > 0 else 1))
 
 
 # NVML throttle reasons that slow the GPU for reasons not ours: software power cap, hardware slowdown,

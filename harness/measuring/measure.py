@@ -234,9 +234,10 @@ def _time_group(session: BenchSession, regs: list[Registration], problem: Proble
             traceback.clear_frames(exc.__traceback__)
             out[reg.name] = exc
     timed = [t for t in out.values() if isinstance(t, Timed)]
-    if len(timed) > 1:
-        # Interleaved, an implementation that changes process-wide state would change the others' rounds:
-        # checked after each of its rounds, it leaves the run, its block redone for the others.
+    if len(regs) > 1:
+        # Interleaved, an implementation that changes process-wide state would change the others' rounds, and
+        # the group runs inside one implementation's test, whose state is restored after it: checked after
+        # each of its rounds, it leaves the run, its block redone for the others.
         guard = ProcessState.capture()
         for t in timed:
             t.contestant.after_round = lambda guard=guard: _unchanged(guard)

@@ -58,7 +58,7 @@ def pytest_addoption(parser):
     add("--lstm-interleave", metavar="on|off",
         help="the implementations of a point take their timed rounds in turn (default off)")
     add("--lstm-interference-threshold", metavar="CORES",
-        help="cores used by other processes that make a block of rounds disturbed (default 0.3)")
+        help="cores used by other processes that make a block of rounds disturbed (default 0.1)")
     add("--lstm-redo-budget", metavar="FACTOR",
         help="disturbed rounds redone, at most, per planned round (default 1.0; 0: none redone, only flagged)")
 
