@@ -107,7 +107,7 @@ def session(monkeypatch):
     for cls in (Allocating, Replaying):
         registry.add(cls, "test")
     options = {"lstm_device": "cpu", "lstm_grid": "smoke", "lstm_batch": "2", "lstm_length": "3",
-               "lstm_rounds": "2", "lstm_warmup": "0"}
+               "lstm_rounds": "2", "lstm_warmup": "0", "lstm_interleave": "off"}
     settings = Settings.from_options(options.get, registry)
     ceiling = Ceiling("cpu", "float32", 1.0, 1, 1)  # the real one takes seconds; no rate is checked here
     monkeypatch.setattr(BenchSession, "ceiling", lambda self, problem: ceiling)
@@ -165,6 +165,26 @@ def test_the_peak_does_not_depend_on_what_ran_before(allocator, session):
     allocator.alloc(5_000_000)  # e.g. cached by an earlier agreement run in the same process
     again = measured_peaks(session, "allocating")
     assert [i["peak_bytes"] for i in first.values()] == [i["peak_bytes"] for i in again.values()]
+
+
+def test_interleaved_each_peak_is_its_own(allocator, session):
+    """Interleaved, the point's implementations are built together: each one's peak still counts its own
+    memory alone, whichever was built first, in the order the suite runs them (phase by phase), and after
+    one of them is dropped."""
+    session.settings.interleave = True
+    problem = session.settings.problems[0]
+    peaks = {}
+    for phase in PHASES:
+        for reg in session.settings.impls:
+            benchmark = FakeBenchmark()
+            measure.measure_phase(benchmark, types.SimpleNamespace(), session, reg, problem, phase)
+            peaks[(reg.name, phase)] = benchmark.extra_info["peak_bytes"]
+            assert benchmark.extra_info["interleaved"] is True
+    assert peaks == {**{("allocating", p): RESIDENT + TRANSIENT for p in PHASES},
+                     **{("replaying", p): RESIDENT for p in PHASES}}
+    session.release(drop=[("replaying", problem)])
+    kept = session._prepared[("allocating", problem)]
+    assert kept.memory_baseline == allocator.allocated - RESIDENT  # all but its own, now that replaying is gone
 
 
 def test_what_the_harness_allocates_after_the_baseline_is_not_counted(allocator, session, monkeypatch):

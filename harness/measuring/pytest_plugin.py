@@ -56,7 +56,7 @@ def pytest_addoption(parser):
     add("--lstm-warmup", metavar="N", help="untimed warm-up rounds before timing (default 1)")
     add("--lstm-max-time", metavar="SECONDS", help="time budget that sizes the rounds (default 1.0)")
     add("--lstm-interleave", metavar="on|off",
-        help="the implementations of a point take their timed rounds in turn (default off)")
+        help="the implementations of a point take their timed rounds in turn (default on; off: one after another)")
     add("--lstm-interference-threshold", metavar="CORES",
         help="cores used by other processes that make a block of rounds disturbed (default 0.1)")
     add("--lstm-redo-budget", metavar="FACTOR",

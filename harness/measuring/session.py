@@ -59,7 +59,9 @@ class Settings:
     min_rounds: int = 5
     warmup: int = 1
     max_time: float = 1.0
-    interleave: bool = False  # the implementations of a point take their rounds in turn
+    # The implementations of a point take their rounds in turn: ratios then come from the same stretch of time
+    # (measured against one after another under a bursty load: reports/interference-notes.md).
+    interleave: bool = True
     threshold: float = DEFAULT_THRESHOLD  # cores used by others that make a block of rounds disturbed
     redo_budget: float = DEFAULT_REDO_BUDGET  # disturbed rounds redone, at most, per planned round
     explicit: dict = field(default_factory=dict)  # axis values given on the command line
@@ -280,8 +282,15 @@ class BenchSession:
         """Drop the prepared implementations (after a crash or out-of-memory too), all but `keep`, or only
         `drop`; and give the memory their allocators keep cached back to the device."""
         if drop is not None:
+            device = next(iter(self._prepared))[1].device if self._prepared else "cpu"
+            before = allocated_bytes(device)
             for key in drop:
                 self._prepared.pop(key, None)
+            gc.collect()
+            if before is not None:
+                # The others' baselines counted what the dropped ones held (interleaved: all were built by then).
+                for other in self._prepared.values():
+                    other.harness_holds(allocated_bytes(device) - before)
         else:
             self._prepared = {k: v for k, v in self._prepared.items() if k in (keep or ())}
             if not keep:
