@@ -185,3 +185,28 @@ def test_the_harness_own_cost_is_each_round_minus_the_implementations_calls(smal
     assert harness == statistics.median([rounds[0] - calls.inner[0], rounds[3] - calls.inner[3]])
     assert calls.harness_costs(rounds, [1, 2, 3, 4, 5]) is None  # a call that never ran: not lined up
     assert calls.harness_costs(rounds, [0, 1]) is None
+
+
+class Fresh(Recorder):
+    """Returns new tensors every call, as real implementations do."""
+
+    def forward(self, x, h0, c0):
+        super().forward(x, h0, c0)
+        return Outputs(x.clone(), h0.clone(), c0.clone())
+
+
+def test_the_previous_result_is_freed_in_setup_not_inside_the_next_timed_call(small):
+    """Keeping only the latest result for the check, the harness must drop the previous one before the next
+    timed call: dropped by the assignment inside it, its memory would go back to the allocator on the
+    implementation's time."""
+    import weakref
+
+    sets = timed_sets(small)
+    calls = TimedCalls(Fresh(small, sets[1].weights), sets, "forward", "cpu")
+    args, kwargs = calls.setup()
+    first = weakref.ref(calls.target(*args, **kwargs).y)
+    assert first() is not None  # kept for the check
+    args, kwargs = calls.setup()
+    assert first() is None  # gone before the next call is timed
+    calls.target(*args, **kwargs)
+    assert calls.result is not None and calls.result_set == calls.last_set
