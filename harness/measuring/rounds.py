@@ -54,7 +54,7 @@ class Contestant:
     kept_disturbed: int = 0  # kept rounds of disturbed blocks (the redo budget was spent)
     disturbed: int = 0  # rounds of disturbed blocks, redone or kept
     redone: int = 0
-    redo_seconds: float = 0.0  # wall time of the blocks it took part in that were redone
+    redo_seconds: float = 0.0  # its share of the wall time of the blocks that were redone
     calls: int = 0
     dropped: str | None = None
     error: BaseException | None = None  # what its call raised: it left the run; the caller re-raises it
@@ -143,11 +143,14 @@ def run_rounds(contestants: list[Contestant], warmup: int, interference: Interfe
         disturbed = reading is not None and reading.disturbed(policy.threshold)
         if count and (left or (disturbed and redone + count <= budget)):  # an empty block has nothing to redo
             redone += count if disturbed else 0
+            wall = reading.wall if reading is not None else clock() - started
+            timed = sum(s for rounds in block.rounds.values() for s, _ in rounds) or 1.0
             for i, rounds in block.rounds.items():
                 c = contestants[i]
                 c.disturbed += len(rounds) if disturbed else 0
                 c.redone += len(rounds)
-                c.redo_seconds += reading.wall if reading is not None else clock() - started
+                # Its share of the block's wall time (by its rounds' time), so the rows of a group add up to it.
+                c.redo_seconds += wall * sum(s for s, _ in rounds) / timed
             continue
         for i, rounds in block.rounds.items():
             c = contestants[i]
