@@ -98,7 +98,8 @@ def test_a_newer_major_schema_exits_2_from_the_report(tmp_path):
 @pytest.mark.parametrize("path", COMMITTED)
 def test_the_committed_files_load(path):
     data = json.loads(open(path).read())
-    assert data[RESULTS_KEY].get("schema") in (None, "1.0", "1.1", "1.2", "1.3")  # absent: written before the field
+    # absent: written before the field
+    assert data[RESULTS_KEY].get("schema") in (None, "1.0", "1.1", "1.2", "1.3", "1.4")
     section = RunSection.from_json(data[RESULTS_KEY])
     assert section.schema == data[RESULTS_KEY].get("schema", "1.0")
     rows = [b["extra_info"] for b in data["benchmarks"] if "impl" in b.get("extra_info", {})]

@@ -20,7 +20,7 @@ import pytest
 
 from harness.__main__ import main
 from harness.contract.problem import Problem
-from harness.reporting.record import RESULTS_KEY, SHARD_KEY
+from harness.reporting.record import RESULTS_KEY, SCHEMA_VERSION, SHARD_KEY
 from harness.reporting.results import load_results
 from harness.reporting.sweep import SweepResults, write_atomically
 
@@ -75,7 +75,7 @@ def test_merged_shards_read_as_the_run_they_came_from(tmp_path):
     assert len(merged.not_timed) == len(one.not_timed) and merged.not_timed.shard.notna().all()
     data = json.loads(path.read_text())
     assert all(b[SHARD_KEY] == b["extra_info"]["problem_id"] for b in data["benchmarks"])
-    assert data[RESULTS_KEY]["schema"] == "1.3" and len(data[RESULTS_KEY]["shards"]) == 4
+    assert data[RESULTS_KEY]["schema"] == SCHEMA_VERSION and len(data[RESULTS_KEY]["shards"]) == 4
     again = SweepResults.read(path)
     assert again.done() == {s["key"] for s in data[RESULTS_KEY]["shards"]}
     assert again.to_json() == data  # read back, written again: the same file

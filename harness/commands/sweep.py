@@ -174,7 +174,7 @@ def plan(opts: dict, device: str, registry, check_dtypes: bool = True,
     passed = []
     for dest in ("lstm_rounds", "lstm_min_rounds", "lstm_warmup", "lstm_max_time", "lstm_seed", "lstm_interleave",
                  "lstm_interference_threshold", "lstm_redo_budget"):
-        if opts[dest] is not None:
+        if opts.get(dest) is not None:  # a resumed sweep's stored options may predate an option
             passed += [GRID_OPTIONS[dest][0][0], str(opts[dest])]
     for module in opts["plugins"] or []:
         passed += ["--lstm-plugin", module]
