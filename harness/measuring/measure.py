@@ -4,9 +4,9 @@ The suites call `measure_phase` with pytest-benchmark's fixture; everything betw
 point and its row in the results file happens here, in this order:
 support -> agreement, saturation, inputs, state (BenchSession.validated) -> probe and round
 sizing -> timed rounds over rotating input sets, judged for interference and redone when disturbed
-(harness.measuring.rounds; with --lstm-interleave, the implementations of a point take their rounds
-in turn) -> the last timed call checked against the reference, inputs and state checked again. A
-failed check anywhere discards the time.
+(harness.measuring.rounds; by default the implementations of a point take their rounds in turn,
+--lstm-interleave off times them one after another) -> the last timed call checked against the
+reference, inputs and state checked again. A failed check anywhere discards the time.
 """
 
 from __future__ import annotations
@@ -125,22 +125,31 @@ def _timed_and_checked(benchmark, config, session: BenchSession, reg: Registrati
     skip_unless_supported(reg, problem, timed=True)
     session.ceiling(problem)  # measured before any implementation is timed
     benchmark.group = f"{problem.id} {phase}"
-    # Rounds are read with pytest-benchmark's timer (--benchmark-timer), with its gc setting.
-    session.timer = getattr(benchmark, "_timer", time.perf_counter)
-    session.disable_gc = bool(getattr(benchmark, "_disable_gc", False))
     if benchmark.disabled:  # --benchmark-disable: one call, checked like a timed one
         timed = _prepare(session, reg, problem, phase, settings.warmup, rounds=1, flags=flags)
         args, kwargs = timed.calls.setup()
         timed.calls.target(*args, **kwargs)
     else:
         try:
-            timed = _timed(session, reg, problem, phase, flags)
+            timed = _timed(session, reg, problem, phase, flags, RoundClock.of(benchmark))
         except BaseException:
             # Its rounds did not finish (a crash, pytest.skip inside the implementation, a change of state):
             # the point's earlier phases go too.
             discard_point(benchmark, config, session, reg, problem, phase, None)
             raise
     _publish(benchmark, config, session, reg, problem, phase, timed, before)
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundClock:
+    """How pytest-benchmark would time a round: its timer (--benchmark-timer) and its gc setting."""
+
+    timer: object = time.perf_counter
+    disable_gc: bool = False
+
+    @classmethod
+    def of(cls, benchmark) -> RoundClock:
+        return cls(getattr(benchmark, "_timer", time.perf_counter), bool(getattr(benchmark, "_disable_gc", False)))
 
 
 @dataclasses.dataclass
@@ -188,21 +197,22 @@ def _prepare(session: BenchSession, reg: Registration, problem: Problem, phase: 
     return Timed(prepared, calls, measurement, Contestant(reg.name, calls.setup, calls.target, rounds))
 
 
-def _timed(session: BenchSession, reg: Registration, problem: Problem, phase: str, flags: dict) -> Timed:
+def _timed(session: BenchSession, reg: Registration, problem: Problem, phase: str, flags: dict,
+           clock: RoundClock) -> Timed:
     """`reg`'s rounds at this point and phase: on its own, or, interleaved, taken from the group's run (the
     first of the group's tests runs every implementation of the point; the others collect theirs)."""
     settings = session.settings
     if not settings.interleave:
-        group = _time_group(session, [reg], problem, phase, flags)
+        group = _time_group(session, [reg], problem, phase, flags, clock)
     else:
         key = (problem, phase)
         if session.group is None or session.group[0] != key:
             session.group = None  # the previous group's buffers go before the next one's exist
-            session.group = (key, _time_group(session, list(settings.impls), problem, phase, flags))
+            session.group = (key, _time_group(session, list(settings.impls), problem, phase, flags, clock))
         group = session.group[1]
     outcome = group.pop(reg.name, None)
     if outcome is None:  # not in the group's run: e.g. this test ran on its own (-k), after the group
-        outcome = _time_group(session, [reg], problem, phase, flags)[reg.name]
+        outcome = _time_group(session, [reg], problem, phase, flags, clock)[reg.name]
     if isinstance(outcome, BaseException):
         raise outcome
     if outcome.contestant.error is not None:
@@ -216,7 +226,7 @@ def _timed(session: BenchSession, reg: Registration, problem: Problem, phase: st
 
 
 def _time_group(session: BenchSession, regs: list[Registration], problem: Problem, phase: str,
-                flags: dict) -> dict[str, Timed | BaseException]:
+                flags: dict, clock: RoundClock) -> dict[str, Timed | BaseException]:
     """Prepare each of `regs` that can be timed here, then run their rounds together (interleaved when there
     are several). An implementation that fails before its rounds has its exception in the result instead."""
     settings = session.settings
@@ -245,7 +255,7 @@ def _time_group(session: BenchSession, regs: list[Registration], problem: Proble
     for t in timed:
         t.calls.reset_costs()
     run_rounds([t.contestant for t in timed], settings.warmup, session.interference, settings.round_policy,
-               timer=session.timer, disable_gc=session.disable_gc)
+               timer=clock.timer, disable_gc=clock.disable_gc)
     return out
 
 
@@ -268,7 +278,7 @@ def _publish(benchmark, config, session: BenchSession, reg: Registration, proble
         if not benchmark.disabled:
             record_rounds(benchmark, contestant.kept)
             # The implementation's share is read with perf_counter: with another timer the difference means nothing.
-            if session.timer is time.perf_counter:
+            if RoundClock.of(benchmark).timer is time.perf_counter:
                 costs = calls.harness_costs(contestant.kept, contestant.kept_calls)
         started = time.perf_counter()
         check = session.check_after_timing(reg, problem, timed.prepared, calls, before)

@@ -139,8 +139,6 @@ class BenchSession:
         self._prepared: dict[tuple[str, Problem], Prepared] = {}
         self.group: tuple | None = None  # interleaved: ((problem, phase), rounds of each implementation)
         self.interference = Interference.for_device(settings.device)
-        self.timer = time.perf_counter  # pytest-benchmark's timer and gc setting, set by the first timed test
-        self.disable_gc = False
 
     def timed_cases(self) -> dict[str, tuple[Registration, Problem, str]]:
         """Timed measurements by test id, problem-major so each (implementation, problem) is

@@ -27,7 +27,6 @@ from harness.reporting.results import ResultsError, load_results
 PROG = "harness.report --compare"
 SAME_BAND = 0.02  # a change smaller than 2 % is never called faster or slower
 RESOLVE_BAND = 0.05  # an unresolved change of over 5 % is "uncertain", not "same"
-MIN_ROUNDS = 3
 ENV_KEYS = ("device_name", "gpu", "gpu_driver", "torch", "torch_cuda", "cudnn", "cupy", "numpy", "python",
             "cpu_model", "torch_threads", "harness", "harness_commit")
 # Rows are matched on structured fields: the Problem's fields, the implementation and the phase, and the
@@ -52,7 +51,7 @@ def judge(old: list[float], new: list[float], fail_above: float | None = None) -
     the verdict that interval supports; a regression only when the whole interval is above fail_above."""
     old_a, new_a = np.asarray(old, dtype=float), np.asarray(new, dtype=float)
     ratio = float(np.median(new_a) / np.median(old_a))
-    interval = ratio_interval(new_a, old_a) if min(len(old_a), len(new_a)) >= MIN_ROUNDS else None
+    interval = ratio_interval(new_a, old_a)  # None with too few rounds on either side
     if interval is None:
         return {"ratio": ratio, "low": float("nan"), "high": float("nan"), "verdict": "uncertain",
                 "regression": False}
