@@ -347,20 +347,157 @@ class SkipsMidTiming(FusedLSTM):
         return super().forward(x, h0, c0)
 
 
-# name -> what the harness must say about it
+# name -> what the harness must say about it (one of several)
 TRUST_MUTANTS = {
-    StaleAccumulator: "after timing",
-    MemoisedPerInstance: "after timing",
+    StaleAccumulator: "zero initial state",  # its second backward, on the same instance
+    MemoisedPerInstance: ("on its own inputs", "zero initial state"),  # wrong from its second call
     MemoisedPerClass: "saturating input set",
     LazyForward: "input set 0",
-    BackwardInForward: "after timing",
-    NaNFromSecondCall: "after timing",
+    BackwardInForward: "on its own inputs",
+    NaNFromSecondCall: ("on its own inputs", "zero initial state"),
     WritesIntoX: "modified its input x in place",
     NaiveTanh: "saturating input set",
     Float64Results: "dtype torch.float64, expected torch.float32",
     NumpyOutput: "numpy.ndarray, not a torch.Tensor",
     OneThread: "changed process-wide state: torch.get_num_threads()",
-    MemoisedByAddress: "after timing",
+    MemoisedByAddress: "on its own inputs",
     LateOutputs: "not harness.Outputs",
     SkipsMidTiming: "planted skip",
+}
+
+
+# -- What the timed calls must not get away with (fresh inputs, upstream gradients after forward,
+# calls checked at random, the zero state, a wider type) ------------------------------------------
+# Each was timed before the harness gave every call inputs of its own and checked calls at random.
+
+
+def _key(*tensors) -> tuple:
+    return tuple((t.shape, t.detach().cpu().numpy().tobytes()) for t in tensors)
+
+
+class ContentCache(FusedLSTM):
+    """Correct, but caches results by the inputs' values: whenever a call repeats values an earlier call had,
+    it returns the stored result at no cost. Each hit is written to $LSTM_MUTANT_HITS (when set)."""
+
+    name = "mutant_content_cache"
+    description = "results cached by the values of the inputs"
+
+    def _hit(self, what: str) -> None:
+        import os
+
+        path = os.environ.get("LSTM_MUTANT_HITS")
+        if path:
+            with open(path, "a") as log:
+                log.write(f"{what}\n")
+
+    def forward(self, x, h0, c0):
+        cache = self.__dict__.setdefault("_outputs", {})
+        self._forward_key = _key(x, h0, c0)
+        if self._forward_key in cache:
+            self._hit("forward")
+            out = cache[self._forward_key][0]
+            super().forward(x, h0, c0)  # backward still needs this forward's state
+            return out
+        out = super().forward(x, h0, c0)
+        cache[self._forward_key] = (Outputs(out.y.clone(), out.h_n.clone(), out.c_n.clone()),)
+        return out
+
+    def backward(self, dy, dh_n, dc_n, gate_clip=None):
+        cache = self.__dict__.setdefault("_grads", {})
+        key = (self._forward_key, _key(dy, dh_n, dc_n))
+        if key in cache:
+            self._hit("backward")
+            return cache[key]
+        cache[key] = _clone_grads(super().backward(dy, dh_n, dc_n, gate_clip))
+        return cache[key]
+
+
+class BackwardFromOldBuffer(FusedLSTM):
+    """Keeps the upstream-gradient tensors it was handed and, from then on, does backward's work inside forward
+    with whatever they hold: right only when the caller wrote the next gradients into the same tensors before
+    calling forward, which never happens in training."""
+
+    name = "mutant_backward_from_buffer"
+    description = "backward done in forward on the upstream-gradient tensors of the last call"
+
+    def forward(self, x, h0, c0):
+        out = super().forward(x, h0, c0)
+        held = getattr(self, "_upstream", None)
+        self._ready = _clone_grads(super().backward(*held)) if held is not None else None
+        return out
+
+    def backward(self, dy, dh_n, dc_n, gate_clip=None):
+        self._upstream = (dy, dh_n, dc_n)  # the tensors themselves, not their values
+        ready, self._ready = getattr(self, "_ready", None), None
+        return ready if ready is not None else super().backward(dy, dh_n, dc_n, gate_clip)
+
+
+class WrongEveryFifthCall(FusedLSTM):
+    """Right on four calls, wrong on the fifth (stale state every fifth call): forward's y off on every fifth."""
+
+    name = "mutant_every_fifth"
+    description = "wrong y on every fifth forward"
+
+    def forward(self, x, h0, c0):
+        out = super().forward(x, h0, c0)
+        self._calls = getattr(self, "_calls", 0) + 1
+        if self._calls % 5 == 0:
+            out.y[-1] += 0.5
+        return out
+
+
+class WrongOnARandomFifth(FusedLSTM):
+    """Wrong on a random fifth of the calls, as a race or an uninitialised buffer is."""
+
+    name = "mutant_random_fifth"
+    description = "wrong y on a random fifth of the forwards"
+
+    def forward(self, x, h0, c0):
+        import random
+
+        out = super().forward(x, h0, c0)
+        if random.random() < 0.2:
+            out.y[0] += 0.5
+        return out
+
+
+class WrongAtZeroState(FusedLSTM):
+    """A 'no state given' fast path that starts from the wrong state: right whenever h0 or c0 is nonzero."""
+
+    name = "mutant_zero_state"
+    description = "wrong when h0 = c0 = 0"
+
+    def forward(self, x, h0, c0):
+        if not bool(h0.any()) and not bool(c0.any()):
+            h0 = torch.full_like(h0, 0.1)
+        return super().forward(x, h0, c0)
+
+
+class ComputesInFloat64(FusedLSTM):
+    """Right, but computes its float32 problem in float64 and rounds the results: its times are not float32's."""
+
+    name = "mutant_wide"
+    description = "computes in float64, returns float32"
+
+    def __init__(self, problem, weights):
+        super().__init__(problem.replace(dtype="float64"), [w.map(torch.Tensor.double) for w in weights])
+        self.problem_asked = problem
+
+    def forward(self, x, h0, c0):
+        out = super().forward(x.double(), h0.double(), c0.double())
+        return Outputs(out.y.float(), out.h_n.float(), out.c_n.float())
+
+    def backward(self, dy, dh_n, dc_n, gate_clip=None):
+        g = super().backward(dy.double(), dh_n.double(), dc_n.double(), gate_clip)
+        return Grads(g.dx.float(), g.dh0.float(), g.dc0.float(), [w.map(torch.Tensor.float) for w in g.weights])
+
+
+# name -> what the harness must say about it (None: right, so timed; the test checks what it must show)
+HONESTY_MUTANTS = {
+    ContentCache: None,
+    BackwardFromOldBuffer: "timed backward call",
+    WrongEveryFifthCall: "timed forward call",
+    WrongOnARandomFifth: "forward",
+    WrongAtZeroState: "zero initial state",
+    ComputesInFloat64: None,
 }

@@ -3,16 +3,17 @@ allocated at construction or capture counts (a graph replay allocates nothing) a
 own inputs, references and timing buffers do not. Driven on the CPU through a fake torch.cuda
 allocator count, which the fake implementations below move."""
 
+import gc
 import json
 import types
+import weakref
 from pathlib import Path
 
 import pytest
 
-from harness.contract.inputs import TIMED_SETS
 from harness.contract.problem import PHASES
 from harness.contract.registry import Registry
-from harness.measuring import measure, memory
+from harness.measuring import call_checks, measure, memory
 from harness.measuring.memory import PEAK_INCLUDES, peak_bytes, retained
 from harness.measuring.roofline import Ceiling
 from harness.measuring.session import BenchSession, Prepared, Settings
@@ -91,6 +92,12 @@ class Replaying(Allocating):
     per_call = 0
 
 
+def hold_for(allocator: FakeAllocator, obj: object, nbytes: int) -> None:
+    """`nbytes` allocated for `obj` until it is gone, as the device allocator would count them."""
+    allocator.alloc(nbytes)
+    weakref.finalize(obj, allocator.free, nbytes)
+
+
 @pytest.fixture
 def allocator(monkeypatch):
     fake = FakeAllocator(HARNESS)
@@ -98,6 +105,17 @@ def allocator(monkeypatch):
         monkeypatch.setattr(memory.torch.cuda, name, getattr(fake, name))
     monkeypatch.setattr(memory, "tracks_allocations", lambda device: True)  # the CPU, counted as if it were CUDA
     monkeypatch.setattr(Allocating, "allocator", fake)
+    # The backward phase's upstream gradients: new device tensors the harness makes in every setup (the probe
+    # puts them in the baseline), counted as the device would count them.
+    fresh = TimedCalls._fresh_upstream
+
+    def counted(source):
+        upstream = fresh(source)
+        for t in upstream:
+            hold_for(fake, t, t.untyped_storage().nbytes())
+        return upstream
+
+    monkeypatch.setattr(TimedCalls, "_fresh_upstream", staticmethod(counted))
     return fake
 
 
@@ -143,7 +161,7 @@ def test_the_baseline_is_taken_before_the_implementation_is_built(allocator, ses
     prepared = session.validated(reg, problem)
     assert prepared.memory_baseline == HARNESS  # before its constructor allocated anything
     assert allocator.allocated == HARNESS + RESIDENT  # its saturating twin is gone again
-    calls = TimedCalls(prepared.impl, {k: v for k, v in prepared.inputs.items() if k in TIMED_SETS}, "total", "cpu")
+    calls = TimedCalls(prepared.impl, session.call_sets(problem, "total"), "total", "cpu")
     assert probe(calls, prepared.memory_baseline)[1] == RESIDENT + TRANSIENT
     assert probe(calls)[1] == TRANSIENT  # without a baseline: the call's own memory only
 
@@ -167,10 +185,7 @@ def test_the_peak_does_not_depend_on_what_ran_before(allocator, session):
     assert [i["peak_bytes"] for i in first.values()] == [i["peak_bytes"] for i in again.values()]
 
 
-def test_interleaved_each_peak_is_its_own(allocator, session):
-    """Interleaved, the point's implementations are built together: each one's peak still counts its own
-    memory alone, whichever was built first, in the order the suite runs them (phase by phase), and after
-    one of them is dropped."""
+def interleaved_peaks(session) -> dict[tuple[str, str], int]:
     session.settings.interleave = True
     problem = session.settings.problems[0]
     peaks = {}
@@ -180,16 +195,31 @@ def test_interleaved_each_peak_is_its_own(allocator, session):
             measure.measure_phase(benchmark, types.SimpleNamespace(), session, reg, problem, phase)
             peaks[(reg.name, phase)] = benchmark.extra_info["peak_bytes"]
             assert benchmark.extra_info["interleaved"] is True
-    assert peaks == {**{("allocating", p): RESIDENT + TRANSIENT for p in PHASES},
+    return peaks
+
+
+INTERLEAVED_PEAKS = {**{("allocating", p): RESIDENT + TRANSIENT for p in PHASES},
                      **{("replaying", p): RESIDENT for p in PHASES}}
+
+
+def test_interleaved_each_peak_is_its_own(allocator, session, monkeypatch):
+    """Interleaved, the point's implementations are built together: each one's peak still counts its own
+    memory alone, whichever was built first, in the order the suite runs them (phase by phase), and after
+    one of them is dropped."""
+    assert interleaved_peaks(session) == INTERLEAVED_PEAKS
+    problem = session.settings.problems[0]
     session.release(drop=[("replaying", problem)])
     kept = session._prepared[("allocating", problem)]
     assert kept.memory_baseline == allocator.allocated - RESIDENT  # all but its own, now that replaying is gone
 
 
+def test_interleaved_an_earlier_probes_upstream_gradients_are_in_no_later_peak(allocator, session):
+    assert interleaved_peaks(session) == INTERLEAVED_PEAKS
+
+
 def test_what_the_harness_allocates_after_the_baseline_is_not_counted(allocator, session, monkeypatch):
-    """The timing buffers (per phase) and the reference of the check after timing (kept for the
-    point's later phases) are the harness's."""
+    """The timing buffers (per phase), the inputs of every cycle and the references of the checked calls are the
+    harness's: none is in a peak, and none outlives its phase into the next one's."""
 
     class BufferedCalls(TimedCalls):
         def __init__(self, *args):
@@ -200,28 +230,45 @@ def test_what_the_harness_allocates_after_the_baseline_is_not_counted(allocator,
         def __del__(self):
             self._free(400_000)
 
-    real_reference = measure.reference_for
-    kept = []
+    made = {"inputs": 0, "references": 0}
 
-    def reference_for(*args):
-        if not kept:  # computed once, then cached: it stays
-            allocator.alloc(700_000)
-            kept.append(args)
-        return real_reference(*args)
+    def fresh_inputs(*args):
+        inputs = real_fresh_inputs(*args)
+        hold_for(allocator, inputs, 50_000)
+        made["inputs"] += 1
+        return inputs
 
+    def reference(self, number):
+        computed = self.references
+        result = real_reference(self, number)
+        if self.references > computed:
+            hold_for(allocator, result[0], 700_000)
+            made["references"] += 1
+        return result
+
+    real_fresh_inputs, real_reference = call_checks.fresh_inputs, call_checks.CallSets.reference
     monkeypatch.setattr(measure, "TimedCalls", BufferedCalls)
-    monkeypatch.setattr(measure, "reference_for", reference_for)
+    monkeypatch.setattr(call_checks, "fresh_inputs", fresh_inputs)
+    monkeypatch.setattr(call_checks.CallSets, "reference", reference)
+    before = allocator.allocated
     info = measured_peaks(session, "allocating")
     assert [i["peak_bytes"] for i in info.values()] == [RESIDENT + TRANSIENT] * 3
+    # Per phase: the probe's set and one per timed call (rounds redone for interference included), and the
+    # reference of every checked one: two planned rounds, so every call is checked.
+    assert all(i["checked_calls"] == i["timed_calls"] >= 2 for i in info.values())
+    assert made == {"inputs": sum(1 + i["timed_calls"] for i in info.values()),
+                    "references": sum(i["checked_calls"] for i in info.values())}
+    gc.collect()
+    assert allocator.allocated - before == RESIDENT  # the prepared implementation: nothing of the harness's
 
 
 def test_retained_and_harness_holds(allocator):
     result, held = retained("cpu", lambda: allocator.alloc(123) or "made")
     assert (result, held) == ("made", 123)
-    prepared = Prepared(None, {}, None, None, memory_baseline=1000)
+    prepared = Prepared(None, {}, None, None, None, None, memory_baseline=1000)
     prepared.harness_holds(held)
     assert prepared.memory_baseline == 1123
-    on_cpu = Prepared(None, {}, None, None)
+    on_cpu = Prepared(None, {}, None, None, None, None)
     on_cpu.harness_holds(5)
     assert on_cpu.memory_baseline is None
 

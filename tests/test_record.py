@@ -55,7 +55,7 @@ def test_run_section_round_trips_through_json():
                          not_timed=[NotTimed("cudnn", "forward", PROBLEM, "skipped", "no GPU")],
                          ceilings=[{"gflops": 100.0, "how": "a matrix product"}])
     written = json.loads(json.dumps(section.to_json()))
-    assert written["schema"] == SCHEMA_VERSION == "1.4"
+    assert written["schema"] == SCHEMA_VERSION == "1.5"
     assert written["not_timed"][0]["problem"] == PROBLEM.as_dict()
     assert RunSection.from_json(written) == section
 
@@ -99,7 +99,7 @@ def test_a_newer_major_schema_exits_2_from_the_report(tmp_path):
 def test_the_committed_files_load(path):
     data = json.loads(open(path).read())
     # absent: written before the field
-    assert data[RESULTS_KEY].get("schema") in (None, "1.0", "1.1", "1.2", "1.3", "1.4")
+    assert data[RESULTS_KEY].get("schema") in (None, "1.0", "1.1", "1.2", "1.3", "1.4", "1.5")
     section = RunSection.from_json(data[RESULTS_KEY])
     assert section.schema == data[RESULTS_KEY].get("schema", "1.0")
     rows = [b["extra_info"] for b in data["benchmarks"] if "impl" in b.get("extra_info", {})]

@@ -137,10 +137,10 @@ def test_the_plan_is_a_shard_per_problem_or_per_problem_and_implementation():
     opts |= {"lstm_grid": "smoke", "lstm_impls": "cudnn,fused", "lstm_rounds": "2", "plugins": [], "split": "problem"}
     shards, grid = plan(opts, "cpu", discover())
     assert grid.name == "smoke" and [s.key for s in shards] == [
-        "B5-T7-I12-H16-L2-float32-cpu", "B2-T7-I12-H16-L2-float32-cpu", "B5-T3-I12-H16-L2-float32-cpu",
-        "B2-T3-I12-H16-L2-float32-cpu"]
+        "B5-T7-I12-H16-L2-float32-cpu", "B1-T7-I12-H16-L2-float32-cpu", "B5-T3-I12-H16-L2-float32-cpu",
+        "B1-T3-I12-H16-L2-float32-cpu"]
     args = list(shards[1].args)
-    assert args[args.index("--lstm-batch") + 1] == "2" and args[args.index("--lstm-input") + 1] == "12"
+    assert args[args.index("--lstm-batch") + 1] == "1" and args[args.index("--lstm-input") + 1] == "12"
     assert args[args.index("--lstm-impls") + 1] == "cudnn,fused" and args[args.index("--lstm-rounds") + 1] == "2"
     shards, _ = plan(opts | {"split": "impl"}, "cpu", discover())
     assert len(shards) == 8 and shards[1].key == "B5-T7-I12-H16-L2-float32-cpu/fused" and shards[1].impls == ("fused",)

@@ -42,7 +42,8 @@ def test_every_trust_mutant_is_caught_by_the_speed_suite_and_gets_no_time(run_py
         reasons.setdefault(entry["impl"], []).append(entry["reason"])
     for cls, expected in TRUST_MUTANTS.items():
         assert cls.name in reasons, f"{cls.name} was not reported as not timed"
-        assert any(expected in r for r in reasons[cls.name]), (cls.name, reasons[cls.name])
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        assert any(e in r for e in expected for r in reasons[cls.name]), (cls.name, reasons[cls.name])
     # Its forward looked right; the backward phase then showed the remembered dy, and the
     # forward's time went with it.
     assert any(r.startswith("time discarded: the backward phase") for r in reasons["mutant_backward_in_forward"])

@@ -33,8 +33,9 @@ GRIDS: dict[str, Grid] = {
     "cpu": Grid("cpu", (20, 4), (100, 20), (512,), (3,), None,
                 "the seed's batch {20,4} x length {100,20} at hidden = input = 512, 3 layers; "
                 "about 5 minutes on 2 CPU cores with every implementation"),
-    "smoke": Grid("smoke", (5, 2), (7, 3), (16,), (2,), (12,),
-                  "tiny: batch {5,2} x length {7,3}, 2 layers, input 12, hidden 16; seconds, for CI"),
+    # Batch 1 (where the seed's example trains) beside 5 (row-mixing bugs need two rows or more).
+    "smoke": Grid("smoke", (5, 1), (7, 3), (16,), (2,), (12,),
+                  "tiny: batch {5,1} x length {7,3}, 2 layers, input 12, hidden 16; seconds, for CI"),
 }
 GRID_CHOICES = ("auto", *GRIDS)
 # Older names still accepted for --lstm-grid: "seed" was the caffe grid's name.

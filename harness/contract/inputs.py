@@ -65,10 +65,15 @@ class Inputs:
         return {**named, "dy": self.dy, "dh_n": self.dh_n, "dc_n": self.dc_n}
 
 
-# Input sets of one grid point. Set 0 is what agreement checks first; the timed rounds rotate
-# through the others, so no call can pass by returning what an earlier call computed.
+# Input sets of one grid point. Set 0 is what agreement checks first; ZERO_STATE_SET is set 0's weights and
+# sequence with h0 = c0 = 0 (what torch.nn.LSTM runs when given no state: the commonest call of all), checked
+# before timing too. Every call of the timed rounds gets values of its own (fresh_inputs), so no call can pass,
+# or be fast, by returning what an earlier call computed.
 AGREEMENT_SET = 0
-TIMED_SETS = (1, 2, 3)
+ZERO_STATE_SET = "zero state"
+# One timed set in ZERO_STATE_EVERY has a zero initial state, so the timed calls include the common case.
+ZERO_STATE_EVERY = 4
+FRESH_STREAM = 2**20  # generator streams of the timed rounds' sets, apart from the numbered and saturating ones
 # The saturating set: each bias uniform in +-SATURATING_BIAS and layer 0's input uniform in
 # +-SATURATING_INPUT drive gate pre-activations to |z| of 80 to 110 (the ordinary sets stay below
 # 1), where a tanh or sigmoid written as a naive exp overflows. Only biases and inputs are
@@ -90,7 +95,8 @@ SATURATING_STREAM = 2**16  # generator streams of the saturating set, apart from
 
 
 def _stream_seed(seed: int, stream: int) -> int:
-    """A generator seed for input set `stream` of `seed`, distinct per (seed, stream)."""
+    """A generator seed for input set `stream` of `seed`, distinct per (seed, stream), also in its low 32 bits
+    (all the CPU generator keeps) for streams below 2**32."""
     return (seed * 1_000_003 + stream * 7_919) % 2**63
 
 
@@ -151,9 +157,54 @@ def saturating_inputs(problem: Problem, seed: int = 0) -> Inputs:
     return inputs.to(dtype=problem.torch_dtype, device=problem.device)
 
 
+def zero_state(inputs: Inputs) -> Inputs:
+    """`inputs` with h0 = c0 = 0 (new tensors; the rest shared)."""
+    return Inputs(inputs.x, torch.zeros_like(inputs.h0), torch.zeros_like(inputs.c0), inputs.weights,
+                  inputs.dy, inputs.dh_n, inputs.dc_n)
+
+
 def input_set(problem: Problem, seed: int, which: int | str) -> Inputs:
-    """Numbered set `which`, or the saturating set for SATURATING."""
-    return saturating_inputs(problem, seed) if which == SATURATING else make_inputs(problem, seed, which)
+    """Numbered set `which`, the saturating set for SATURATING, set 0 with a zero state for ZERO_STATE_SET."""
+    if which == SATURATING:
+        return saturating_inputs(problem, seed)
+    if which == ZERO_STATE_SET:
+        return zero_state(make_inputs(problem, seed))
+    return make_inputs(problem, seed, which)
+
+
+PHASE_STREAMS = {"forward": 0, "backward": 1, "total": 2}
+
+
+def fresh_inputs(problem: Problem, weights: list[LayerWeights], seed: int, phase: str, number: int) -> Inputs:
+    """The values of call `number` of a phase's timed rounds at `problem`: x, h0, c0 and the upstream
+    gradients drawn afresh (uniform in +-1/sqrt(H), never exactly zero) in the problem's dtype on its
+    device, `weights` as given. The same (seed, phase, number) gives the same values, so every
+    implementation of a point can run, and be checked on, the same sets while none sees one twice; every
+    ZERO_STATE_EVERY-th set has h0 = c0 = 0. Drawn directly on the device: cheap next to a call."""
+    if phase not in PHASE_STREAMS:
+        raise ValueError(f"unknown phase {phase!r}")
+    if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+        raise ValueError(f"number must be a non-negative integer, got {number!r}")
+    if number >= 2**24:
+        raise ValueError(f"number must be below 2**24, got {number}")
+    # The CPU generator keeps only the low 32 bits of its seed: streams stay distinct there (_stream_seed
+    # multiplies by an odd number, a bijection modulo 2**32).
+    stream = FRESH_STREAM + PHASE_STREAMS[phase] * 2**24 + number
+    gen = torch.Generator(device=problem.device).manual_seed(_stream_seed(seed, stream))
+    bound = 1.0 / math.sqrt(problem.hidden)
+    T, B, H, L = problem.length, problem.batch, problem.hidden, problem.layers
+    # float32 draws (torch.rand has no bfloat16/float16 path on every device), rounded to the dtype.
+    draw_dtype = torch.float64 if problem.torch_dtype == torch.float64 else torch.float32
+
+    def draw(*shape: int) -> torch.Tensor:
+        t = (torch.rand(*shape, generator=gen, device=problem.device, dtype=draw_dtype) * 2 - 1) * bound
+        t = t.to(problem.torch_dtype)
+        return t.masked_fill_(t == 0, bound / 2)
+
+    x, h0, c0 = draw(T, B, problem.input_size), draw(L, B, H), draw(L, B, H)
+    if number % ZERO_STATE_EVERY == ZERO_STATE_EVERY - 1:
+        h0.zero_(), c0.zero_()
+    return Inputs(x=x, h0=h0, c0=c0, weights=weights, dy=draw(T, B, H), dh_n=draw(L, B, H), dc_n=draw(L, B, H))
 
 
 def max_preactivation(inputs: Inputs) -> float:

@@ -43,3 +43,18 @@ def written_inputs(pristine: dict[int | str, Inputs], copies: dict[int | str, In
                     and bool(torch.equal(tensor, original))):
                 found.append(f"modified its input {name} in place ({_label(which)})")
     return found
+
+
+CALL_INPUTS = ("x", "h0", "c0", "dy", "dh_n", "dc_n")
+
+
+def written_call_inputs(source: Inputs, given: Inputs, number: int) -> list[str]:
+    """The same for the tensors a timed call was given (those that are not None) against the set they were
+    filled from."""
+    found = []
+    for name in CALL_INPUTS:
+        tensor, original = getattr(given, name), getattr(source, name)
+        if tensor is not None and not (tensor.shape == original.shape and tensor.dtype == original.dtype
+                                       and bool(torch.equal(tensor, original))):
+            found.append(f"modified its input {name} in place (a timed call's, input set {number})")
+    return found

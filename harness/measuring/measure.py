@@ -2,11 +2,12 @@
 
 The suites call `measure_phase` with pytest-benchmark's fixture; everything between a grid
 point and its row in the results file happens here, in this order:
-support -> agreement, saturation, inputs, state (BenchSession.validated) -> probe and round
-sizing -> timed rounds over rotating input sets, judged for interference and redone when disturbed
+support -> agreement, saturation, zero state, inputs, state (BenchSession.validated) -> probe and
+round sizing -> timed rounds, each call on inputs of its own, calls drawn at random checked right after
+they return (harness.measuring.call_checks), judged for interference and redone when disturbed
 (harness.measuring.rounds; by default the implementations of a point take their rounds in turn,
 --lstm-interleave off times them one after another) -> the last timed call checked against the
-reference, inputs and state checked again. A failed check anywhere discards the time.
+reference for its inputs, inputs and state checked again. A failed check anywhere discards the time.
 """
 
 from __future__ import annotations
@@ -19,10 +20,9 @@ import pytest
 import torch
 
 from harness.contract.agreement import AgreementError, new_agreement
-from harness.contract.inputs import TIMED_SETS
 from harness.contract.problem import PHASES, Problem
-from harness.contract.reference import reference_for
 from harness.contract.registry import Registration
+from harness.measuring.call_checks import CallSets
 from harness.measuring.memory import PEAK_INCLUDES, retained
 from harness.measuring.process_state import ProcessState
 from harness.measuring.rounds import STOP_EVERYTHING, Contestant, Dropped, run_rounds
@@ -127,15 +127,17 @@ def _timed_and_checked(benchmark, config, session: BenchSession, reg: Registrati
     benchmark.group = f"{problem.id} {phase}"
     if benchmark.disabled:  # --benchmark-disable: one call, checked like a timed one
         timed = _prepare(session, reg, problem, phase, settings.warmup, rounds=1, flags=flags)
+        timed.calls.sets.next_cycle()
         args, kwargs = timed.calls.setup()
         timed.calls.target(*args, **kwargs)
     else:
         try:
             timed = _timed(session, reg, problem, phase, flags, RoundClock.of(benchmark))
-        except BaseException:
-            # Its rounds did not finish (a crash, pytest.skip inside the implementation, a change of state):
-            # the point's earlier phases go too.
-            discard_point(benchmark, config, session, reg, problem, phase, None)
+        except BaseException as exc:
+            # Its rounds did not finish (a timed call failed its check, a crash, pytest.skip inside the
+            # implementation, a change of state): the point's earlier phases go too.
+            discard_point(benchmark, config, session, reg, problem, phase,
+                          exc.agreement if isinstance(exc, AgreementError) else None)
             raise
     _publish(benchmark, config, session, reg, problem, phase, timed, before)
 
@@ -163,19 +165,22 @@ class Timed:
 
 
 def _prepare(session: BenchSession, reg: Registration, problem: Problem, phase: str, warmup: int,
-             rounds: int | None = None, flags: dict | None = None, keep_others: bool = False) -> Timed:
-    """Checks before timing, the timing buffers, the probe and the round count, the reference of the
-    check after timing: everything before the first timed round."""
+             rounds: int | None = None, flags: dict | None = None, keep_others: bool = False,
+             sets: CallSets | None = None) -> Timed:
+    """Checks before timing, the timing buffers, the probe and the round count, and which calls are
+    checked: everything before the first timed round. `sets`: the inputs of the calls, shared by the
+    implementations timed together."""
     settings = session.settings
     ceiling = session.ceiling(problem)
     prepared = session.validated(reg, problem, keep_others=keep_others)
-    timed_sets = {k: v for k, v in prepared.inputs.items() if k in TIMED_SETS}
+    sets = sets or session.call_sets(problem, phase)
     # The timing buffers are the harness's: held above the implementation's baseline, not in its peak.
-    calls, buffers = retained(problem.device, lambda: TimedCalls(prepared.impl, timed_sets, phase, problem.device))
+    calls, buffers = retained(problem.device,
+                              lambda: TimedCalls(prepared.impl, sets, phase, problem.device, reg.name))
     baseline = None if prepared.memory_baseline is None else prepared.memory_baseline + buffers
     seconds, peak = probe(calls, baseline)
     rounds = rounds or settings.rounds or choose_rounds(seconds, settings.max_time, settings.min_rounds)
-    calls.plan(warmup + rounds)
+    calls.plan(warmup, rounds)
     agreement = prepared.agreement
     measurement = Measurement(
         impl=reg.name, backend=reg.cls.backend(problem), origin=reg.origin, phase=phase, problem=problem,
@@ -186,15 +191,12 @@ def _prepare(session: BenchSession, reg: Registration, problem: Problem, phase: 
         ceiling_gflops=ceiling.gflops, saved_bytes=session.saved.get((reg.name, problem)),
         peak_bytes=peak, peak_includes=PEAK_INCLUDES if peak is not None else None,
         threads=torch.get_num_threads(), process_state=ProcessState.capture().as_dict(), precision=flags or {},
-        setup_seconds=prepared.setup_seconds,
+        setup_seconds=prepared.setup_seconds, zero_state_max_error=prepared.zero_state.max_error,
+        agreement_seconds=prepared.agreement.seconds,
+        precision_ratio=prepared.precision_ratio,
     )
-    # The reference the check needs, made before timing: nothing runs long between the last
-    # timed call and its check. Once per point: cached for the other phases, whose peaks must not count it.
-    started = time.perf_counter()
-    _, held = retained(problem.device, lambda: reference_for(problem, settings.seed, TIMED_SETS[0]))
-    prepared.harness_holds(held)
-    measurement = dataclasses.replace(measurement, check_seconds=time.perf_counter() - started)
-    return Timed(prepared, calls, measurement, Contestant(reg.name, calls.setup, calls.target, rounds))
+    return Timed(prepared, calls, measurement,
+                 Contestant(reg.name, calls.setup, calls.target, rounds, after_round=calls.after_call))
 
 
 def _timed(session: BenchSession, reg: Registration, problem: Problem, phase: str, flags: dict,
@@ -216,6 +218,8 @@ def _timed(session: BenchSession, reg: Registration, problem: Problem, phase: st
     if isinstance(outcome, BaseException):
         raise outcome
     if outcome.contestant.error is not None:
+        if isinstance(outcome.contestant.error, AgreementError):  # a timed call failed its check
+            session.reject(reg, problem, outcome.contestant.error.agreement)
         raise outcome.contestant.error
     if outcome.contestant.dropped is not None:
         check = new_agreement(reg.name, problem, f"during timing ({phase}, interleaved)")
@@ -231,13 +235,23 @@ def _time_group(session: BenchSession, regs: list[Registration], problem: Proble
     are several). An implementation that fails before its rounds has its exception in the result instead."""
     settings = session.settings
     out: dict[str, Timed | BaseException] = {}
+    sets = session.call_sets(problem, phase)  # one set per cycle, shared: one reference serves every contestant
+    guard = ProcessState.capture()
     for reg in regs:
         support = reg.cls.supports(problem)
         if not (support.ok and support.timed):
             continue
         try:
             out[reg.name] = _prepare(session, reg, problem, phase, settings.warmup, flags=flags,
-                                     keep_others=len(regs) > 1)
+                                     keep_others=len(regs) > 1, sets=sets)
+            if len(regs) > 1:
+                # Its probe call ran outside every check of state: a change would be blamed on the others.
+                _unchanged(guard)
+        except Dropped as exc:
+            check = new_agreement(reg.name, problem, f"its probe call ({phase}, interleaved)")
+            check.faults.append(str(exc))
+            session.reject(reg, problem, check)
+            out[reg.name] = AgreementError(check)
         except STOP_EVERYTHING:
             raise
         except BaseException as exc:  # noqa: BLE001 - raised again by the implementation's own test (pytest.skip too)
@@ -248,14 +262,13 @@ def _time_group(session: BenchSession, regs: list[Registration], problem: Proble
         # Interleaved, an implementation that changes process-wide state would change the others' rounds, and
         # the group runs inside one implementation's test, whose state is restored after it: checked after
         # each of its rounds, it leaves the run, its block redone for the others.
-        guard = ProcessState.capture()
         for t in timed:
-            t.contestant.after_round = lambda guard=guard: _unchanged(guard)
+            t.contestant.after_round = lambda guard=guard, check=t.calls.after_call: (_unchanged(guard), check())
     synchronize(problem.device)  # nothing queued (backend detection, the reference) drains into round 1
     for t in timed:
         t.calls.reset_costs()
     run_rounds([t.contestant for t in timed], settings.warmup, session.interference, settings.round_policy,
-               timer=clock.timer, disable_gc=clock.disable_gc)
+               timer=clock.timer, disable_gc=clock.disable_gc, next_cycle=sets.next_cycle)
     return out
 
 
@@ -280,7 +293,7 @@ def _publish(benchmark, config, session: BenchSession, reg: Registration, proble
             # The implementation's share is read with perf_counter: with another timer the difference means nothing.
             if RoundClock.of(benchmark).timer is time.perf_counter:
                 costs = calls.harness_costs(contestant.kept, contestant.kept_calls)
-        started = time.perf_counter()
+        started, during = time.perf_counter(), calls.check_seconds
         check = session.check_after_timing(reg, problem, timed.prepared, calls, before)
     except BaseException:
         # Left by anything at all (Ctrl-C, a timeout, pytest.skip inside the implementation): none of the
@@ -291,8 +304,10 @@ def _publish(benchmark, config, session: BenchSession, reg: Registration, proble
         discard_point(benchmark, config, session, reg, problem, phase, check)
         raise AgreementError(check)
     interference = contestant.summary(settings.round_policy) if not benchmark.disabled else {}
-    measurement = dataclasses.replace(measurement, verified=check.check, verified_max_error=check.max_error,
-                                      check_seconds=measurement.check_seconds + time.perf_counter() - started,
+    measurement = dataclasses.replace(measurement, verified=check.check,
+                                      verified_max_error=max(check.max_error, calls.worst_error),
+                                      checked_calls=calls.checked_calls, timed_calls=calls.timed_calls,
+                                      check_seconds=during + time.perf_counter() - started,
                                       harness_seconds=costs[0] if costs else None,
                                       rotation_seconds=costs[1] if costs else None,
                                       interleaved=settings.interleave and not benchmark.disabled,

@@ -1,13 +1,19 @@
 """What an implementation keeps from forward for backward, measured rather than estimated.
 
-Autograd implementations: every tensor autograd saves during forward, seen through
-saved-tensor hooks, counted once per storage. Hand-written ones report their own buffers
-(`Impl.saved_bytes`). Inputs and weights are never counted: they exist either way.
+Autograd implementations: everything their autograd graph holds, counted once per storage: every
+tensor autograd saves during forward (seen through saved-tensor hooks), and every tensor a custom
+`torch.autograd.Function` keeps as an attribute of its `ctx` instead of `save_for_backward`
+(directly or inside lists, tuples and dicts), found by walking the graph back from the roots the
+forward left: tensors with a grad_fn in its outputs or among the implementation's own attributes.
+Hand-written ones report their own buffers (`Impl.saved_bytes`). Inputs and weights are never
+counted: they exist either way.
 On CUDA also the peak allocated (torch's allocator) during a phase, above a baseline taken before the
 implementation was built (PEAK_INCLUDES).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
@@ -24,8 +30,51 @@ def _storages(tensors) -> dict[int, int]:
     return found
 
 
+# How deep `_tensors_in` looks into containers: an implementation's attributes, a ctx's.
+_NESTING = 4
+
+
+def _tensors_in(obj, depth: int = _NESTING, _seen: set[int] | None = None):
+    """Tensors in `obj`: itself, or inside lists, tuples, dicts and dataclasses, `depth` levels down."""
+    _seen = set() if _seen is None else _seen
+    if isinstance(obj, torch.Tensor):
+        yield obj
+        return
+    if depth <= 0 or id(obj) in _seen:
+        return
+    if isinstance(obj, (list, tuple)):
+        children = obj
+    elif isinstance(obj, dict):
+        children = obj.values()
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        children = [getattr(obj, f.name, None) for f in dataclasses.fields(obj)]
+    else:
+        return
+    _seen.add(id(obj))
+    for child in children:
+        yield from _tensors_in(child, depth - 1, _seen)
+
+
+def _ctx_tensors(roots) -> tuple[list[torch.Tensor], bool]:
+    """Tensors custom autograd Functions keep on their ctx, in the graph behind `roots`, and whether
+    there was a graph at all. A custom Function's backward node is its ctx (a BackwardCFunction):
+    what forward set on it is in its __dict__; saved tensors are not (the hooks see those)."""
+    stack = [t.grad_fn for t in roots if t.grad_fn is not None]
+    visited, found = set(), []
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in visited:
+            continue
+        visited.add(id(node))
+        if isinstance(node, torch.autograd.function.BackwardCFunction):
+            found.extend(_tensors_in(vars(node)))
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return found, bool(visited)
+
+
 def saved_bytes(impl: Impl, inputs: Inputs) -> int | None:
-    """Bytes the forward keeps for backward, or None when the implementation cannot say."""
+    """Bytes the forward keeps for backward, or None when the implementation cannot say. An autograd
+    graph that keeps nothing but inputs and weights is 0; no graph at all, the implementation's own word."""
     seen: dict[int, int] = {}
 
     def pack(t):
@@ -33,10 +82,14 @@ def saved_bytes(impl: Impl, inputs: Inputs) -> int | None:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        impl.forward(inputs.x, inputs.h0, inputs.c0)
+        out = impl.forward(inputs.x, inputs.h0, inputs.c0)
+    # Where the graph's roots are: the outputs, or (an AutogradImpl returns them detached) kept on the impl.
+    roots = [t for t in (*_tensors_in(out), *_tensors_in(getattr(impl, "__dict__", {}))) if t.grad_fn is not None]
+    on_ctx, graph = _ctx_tensors(roots)
+    seen.update(_storages(on_ctx))
     own = impl.saved_bytes()
     if not seen:
-        return own
+        return 0 if own is None and graph else own
     exclude = _storages([inputs.x, inputs.h0, inputs.c0, *(t for w in inputs.weights for t in w.tensors()),
                          *impl.parameter_tensors()])
     return sum(n for ptr, n in seen.items() if ptr not in exclude)

@@ -99,12 +99,16 @@ def _one_round(c: Contestant, timer, disable_gc: bool) -> float:
 
 def run_rounds(contestants: list[Contestant], warmup: int, interference: Interference | None,
                policy: RoundPolicy = RoundPolicy(), timer: Callable[[], float] = time.perf_counter,
-               disable_gc: bool = False, clock: Callable[[], float] = time.perf_counter) -> list[Reading]:
+               disable_gc: bool = False, clock: Callable[[], float] = time.perf_counter,
+               next_cycle: Callable[[], None] | None = None) -> list[Reading]:
     """Run every contestant's warm-up and planned rounds; fills each contestant's fields. Returns the
     readings of every block (kept and redone), for tests and diagnostics. A contestant whose call (or
     after-round check) raises leaves the run with the exception kept on it (`error`, `dropped`), and the
-    block it left in is redone for the others."""
+    block it left in is redone for the others. `next_cycle` is called before every cycle (a round of each
+    contestant that runs in it), warm-up ones included: the contestants of a cycle share its inputs."""
+    next_cycle = next_cycle or (lambda: None)
     for _ in range(warmup):
+        next_cycle()
         for c in contestants:
             _guarded(c, lambda c=c: _one_round(c, timer, disable_gc))
     planned_total = sum(c.planned for c in contestants)
@@ -119,6 +123,7 @@ def run_rounds(contestants: list[Contestant], warmup: int, interference: Interfe
         while True:
             progress = (kept_cycles + block.cycles + 1) / most
             ran = False
+            next_cycle()
             for i, c in enumerate(contestants):
                 if c.dropped is not None:
                     continue

@@ -18,10 +18,9 @@ from harness.contract.agreement import (
     SATURATION_TOLERANCES,
     Agreement,
     AgreementError,
-    ContractError,
-    named_grads,
-    named_outputs,
     new_agreement,
+    precision_ratio,
+    rounding_floors,
     run_and_compare,
 )
 from harness.contract.grid import Grid, parse_run_options, resolve_device
@@ -29,18 +28,20 @@ from harness.contract.impl import Impl
 from harness.contract.inputs import (
     AGREEMENT_SET,
     SATURATING,
-    TIMED_SETS,
+    ZERO_STATE_SET,
     Inputs,
     make_inputs,
     max_preactivation,
     saturating_inputs,
     saturating_problem,
+    zero_state,
 )
 from harness.contract.problem import PHASES, Problem
 from harness.contract.reference import reference_for
 from harness.contract.registry import Registration, Registry, RegistryError, discover
+from harness.measuring.call_checks import CallSets, fast_reference_agrees, fast_reference_for
 from harness.measuring.interference import DEFAULT_THRESHOLD, Interference
-from harness.measuring.isolation import private_copies, written_inputs
+from harness.measuring.isolation import private_copies, written_call_inputs, written_inputs
 from harness.measuring.memory import allocated_bytes, retained, saved_bytes
 from harness.measuring.process_state import ProcessState
 from harness.measuring.roofline import Ceiling, measure_ceiling
@@ -109,6 +110,8 @@ class Prepared:
     inputs: dict[int | str, Inputs]  # its private copies of the point's input sets
     agreement: Agreement  # input set 0
     saturation: Agreement  # the saturating set
+    zero_state: Agreement  # set 0 with h0 = c0 = 0
+    precision_ratio: float | None  # set 0's largest error / the dtype's rounding floor (agreement.precision_ratio)
     # Device bytes allocated before the implementation was built, plus what the harness allocated
     # since and still holds (references, timing buffers): its peak memory is measured above this,
     # so what it allocated at construction or capture counts. None on the CPU.
@@ -138,6 +141,7 @@ class BenchSession:
         # Prepared implementations: one at a time, or those of the current point when interleaved.
         self._prepared: dict[tuple[str, Problem], Prepared] = {}
         self.group: tuple | None = None  # interleaved: ((problem, phase), rounds of each implementation)
+        self._fast_checked: Problem | None = None  # the point whose fast reference was checked against the plain
         self.interference = Interference.for_device(settings.device)
 
     def timed_cases(self) -> dict[str, tuple[Registration, Problem, str]]:
@@ -155,19 +159,22 @@ class BenchSession:
                 for problem in self.settings.problems for reg in self.settings.impls}
 
     def input_sets(self, problem: Problem) -> dict[int | str, Inputs]:
-        """The point's pristine input sets: set 0 (agreement), the timed sets, the saturating set.
-        The numbered sets share one weights list (one prepared implementation runs them all)."""
+        """The point's pristine input sets checked before timing: set 0, set 0 with a zero state (its
+        weights), the saturating set (weights of its own)."""
         if self._sets is None or self._sets[0] != problem:
             self._sets = None  # let the previous problem's tensors go before the new ones exist
             reference_for.cache_clear()  # and its references (on a GPU, gigabytes at the seed's shapes)
+            fast_reference_for.cache_clear()
             seed = self.settings.seed
             sets: dict[int | str, Inputs] = {AGREEMENT_SET: make_inputs(problem, seed)}
-            for k in TIMED_SETS:
-                sets[k] = make_inputs(problem, seed, k)
-                sets[k].weights = sets[AGREEMENT_SET].weights  # equal values: keep one copy
+            sets[ZERO_STATE_SET] = zero_state(sets[AGREEMENT_SET])
             sets[SATURATING] = saturating_inputs(saturating_problem(problem), seed)
             self._sets = (problem, sets)
         return self._sets[1]
+
+    def call_sets(self, problem: Problem, phase: str) -> CallSets:
+        """The inputs of the timed calls of `problem` and `phase`, on set 0's weights."""
+        return CallSets(problem, self.input_sets(problem)[AGREEMENT_SET].weights, self.settings.seed, phase)
 
     def validated(self, reg: Registration, problem: Problem, keep_others: bool = False) -> Prepared:
         """The prepared implementation, once it has passed every check on `problem`: agreement on
@@ -206,23 +213,45 @@ class BenchSession:
         seed = self.settings.seed
         pristine = self.input_sets(problem)
         # The harness's own device memory before the baseline: set 0's reference (cached for the
-        # point) and the private copies the timed calls use. The saturating set is copied after it
-        # and dropped before timing, so it is in no peak.
+        # point) and the private copy of set 0. The zero-state and saturating sets are copied after it and
+        # dropped before timing, so they are in no peak.
+        checking = time.perf_counter()
         reference = reference_for(problem, seed, AGREEMENT_SET)
-        own = private_copies({k: v for k, v in pristine.items() if k != SATURATING})
+        if self._fast_checked != problem:
+            fast_reference_agrees(problem, seed, reference)  # before it serves any check of this point
+            self._fast_checked = problem
+        own = private_copies({AGREEMENT_SET: pristine[AGREEMENT_SET]})
+        checking = time.perf_counter() - checking
         before = ProcessState.capture()
         baseline = allocated_bytes(problem.device)  # before the instance: what it allocates is its own
+        short = saturating_problem(problem)
+        reach = max_preactivation(pristine[SATURATING])
+        saturation = new_agreement(reg.name, short, f"saturating input set, batch {short.batch}, length "
+                                   f"{short.length}, |pre-activation| up to {reach:.0f}", SATURATION_TOLERANCES)
+        zero = new_agreement(reg.name, problem, "input set 0 with zero initial state (h0 = c0 = 0)")
+        ratio = None
         try:
             started = time.perf_counter()
             impl = reg.cls(problem, own[AGREEMENT_SET].weights)
             synchronize(problem.device)
             setup_seconds = time.perf_counter() - started
+            started = time.perf_counter()
             verdict = run_and_compare(impl, own[AGREEMENT_SET], reference,
                                       new_agreement(reg.name, problem, "input set 0"))
-            short = saturating_problem(problem)
-            reach = max_preactivation(pristine[SATURATING])
-            saturation = new_agreement(reg.name, short, f"saturating input set, batch {short.batch}, length "
-                                       f"{short.length}, |pre-activation| up to {reach:.0f}", SATURATION_TOLERANCES)
+            verdict.seconds = checking + time.perf_counter() - started
+            if verdict.passed:
+                floors = rounding_floors({**reference[0].named(), **reference[1].named()}, problem.torch_dtype)
+                ratio = precision_ratio(verdict.errors, floors)
+                # The same instance, set 0's weights: what nn.LSTM runs when given no state.
+                own.update(private_copies({ZERO_STATE_SET: pristine[ZERO_STATE_SET]}))
+                started = time.perf_counter()
+                expected, held = retained(problem.device, lambda: fast_reference_for(problem, seed, ZERO_STATE_SET))
+                baseline = None if baseline is None else baseline + held  # cached: the harness keeps it
+                run_and_compare(impl, own[ZERO_STATE_SET], expected, zero)
+                zero.seconds = time.perf_counter() - started
+                verdict.seconds += zero.seconds
+                if not zero.passed:
+                    verdict = zero
             if verdict.passed:
                 # A second instance: the saturating set has weights of its own (large biases).
                 own.update(private_copies({SATURATING: pristine[SATURATING]}))
@@ -243,27 +272,26 @@ class BenchSession:
         verdict.faults += written_inputs(pristine, own) + faults
         if not verdict.passed:
             return None, verdict
-        own.pop(SATURATING, None)  # checked: the timed calls never see it
-        return Prepared(impl, own, verdict, saturation, baseline, setup_seconds), verdict
+        own.pop(SATURATING, None)  # checked: the timed calls never see them
+        own.pop(ZERO_STATE_SET, None)
+        return Prepared(impl, own, verdict, saturation, zero, ratio, baseline, setup_seconds), verdict
 
     def check_after_timing(self, reg: Registration, problem: Problem, prepared: Prepared, calls: TimedCalls,
                            before: ProcessState) -> Agreement:
-        """The last timed call's result against the reference for the set it ran on, and the
-        same input and state checks as before timing. Runs outside every timed region; anything
-        the check itself raises is a failed check."""
+        """The last timed call's result against the reference for its own inputs (unless it was checked
+        right after it returned), and the same input and state checks as before timing. Runs outside every
+        timed region; anything the check itself raises is a failed check."""
         which = calls.result_set
-        check = new_agreement(reg.name, problem, f"after timing: the last timed {calls.phase} call, input set {which}")
+        latest = calls.check_latest(f"the last timed {calls.phase} call, on its own inputs (set {which})")
+        checked = f"{calls.checked_calls} of {calls.timed_calls or 1} timed {calls.phase} call(s)"
+        check = new_agreement(reg.name, problem, f"after timing: {checked} checked, each on its own inputs; "
+                              f"{latest.check}")
+        check.errors, check.notes, check.faults = dict(latest.errors), dict(latest.notes), list(latest.faults)
         try:
-            reference = reference_for(problem, self.settings.seed, which)
-            if calls.phase == "forward":
-                check.compare(named_outputs(calls.result), reference[0].named())
-            else:
-                check.compare(named_grads(calls.result, problem.layers), reference[1].named())
-        except Exception as exc:  # noqa: BLE001 - whatever it returned, it is not a checked result
-            check.faults.append(str(exc) if isinstance(exc, ContractError)
-                                else f"its result could not be checked: {type(exc).__name__}: {exc}")
+            check.faults += written_call_inputs(calls.sets.inputs(calls.last_set), calls.passed, calls.last_set)
+        except Exception as exc:  # noqa: BLE001 - a tensor that cannot be compared is a failed check
+            check.faults.append(f"its inputs could not be compared: {type(exc).__name__}: {exc}")
         pristine = self.input_sets(problem)
-        check.faults += written_inputs({calls.last_set: pristine[calls.last_set]}, {calls.last_set: calls.buffers})
         check.faults += written_inputs({k: pristine[k] for k in prepared.inputs}, prepared.inputs)
         check.faults += state_faults(before)
         if not check.passed:

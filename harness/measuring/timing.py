@@ -11,11 +11,13 @@ from collections.abc import Iterator
 
 import torch
 
+from harness.contract.agreement import Agreement, AgreementError
 from harness.contract.device import synchronize
 from harness.contract.impl import Impl
 from harness.contract.inputs import Inputs
 from harness.contract.problem import PHASES
 from harness.measuring import memory
+from harness.measuring.call_checks import CallSets, CheckPlan, compare_result
 from harness.measuring.process_state import with_fp32_precision
 
 # torch's per-operation fp32 precision settings (torch 2.9+), by the key each gets in a results row.
@@ -150,42 +152,40 @@ def _read(getter) -> object:
 
 
 class TimedCalls:
-    """setup and target of the rounds of one phase (harness.measuring.rounds).
+    """setup, target and after_call of the rounds of one phase (harness.measuring.rounds).
 
-    Every call runs on one fixed set of input buffers, and each call's setup (outside the timed
-    region) copies the next of the point's timed input sets into them: consecutive calls never
-    see the same values, and a result cached from an earlier call, keyed by tensor address or
-    identity, or state left over from it, shows up as a wrong answer. The target keeps a
-    reference to its result (no copy, nothing else inside the timed region) for the check after
-    timing. Every setup and every target ends in a device sync; a backward's setup runs a fresh
-    forward on the same values.
+    Every call gets values of its own: its setup (outside the timed region) copies the current cycle's
+    set (harness.measuring.call_checks.CallSets) into this implementation's fixed input buffers, so a
+    cache keyed by values never hits and one keyed by tensor address or identity, or state left over
+    from an earlier call, shows up as a wrong answer. In the backward phase the setup runs the forward
+    first and only then writes the upstream gradients, into new tensors the forward never saw: as in
+    training, they do not exist before forward returns. The target keeps a reference to its result (no
+    copy, nothing else inside the timed region); after_call, right after it returns and outside the
+    timed region, checks it against the reference for its own set when the harness drew that call
+    (CheckPlan), and raises AgreementError when it is wrong. Every setup and target ends in a device
+    sync.
 
     The harness's own cost is measured as it goes: `inner` holds, per call, the seconds of the
     implementation's calls and the device sync (read by perf_counter inside the target), so a
     round's time minus its `inner` is what the harness added inside the timed region; `rotation`
-    holds each setup's input copies (outside it).
+    holds each setup's input copies (outside it); `check_seconds` the checks (references included).
     """
 
-    PROBE_SET_INDEX = 1  # the probe runs on the second timed set: the checked first set is new then
-
-    def __init__(self, impl: Impl, sets: dict[int, Inputs], phase: str, device: str) -> None:
+    def __init__(self, impl: Impl, sets: CallSets, phase: str, device: str, name: str = "") -> None:
         if phase not in PHASES:
             raise ValueError(f"unknown phase {phase!r}")
-        if len(sets) < 3:
-            # Three: the first timed call can then always differ from both the probe's set and the next one's.
-            raise ValueError("rotation needs at least three input sets")
-        self.impl, self.phase, self.device = impl, phase, device
-        self.numbers = sorted(sets)
-        self.sets = sets
-        first = sets[self.numbers[0]]
+        self.impl, self.sets, self.phase, self.device = impl, sets, phase, device
+        self.name = name or getattr(type(impl), "name", type(impl).__name__)
+        first = sets.inputs()
         self.buffers = Inputs(first.x.clone(), first.h0.clone(), first.c0.clone(), first.weights,
                               first.dy.clone(), first.dh_n.clone(), first.dc_n.clone())
-        self.last_set: int | None = None  # the set whose values are in the buffers
-        self.result: object = None  # the last planned call's result ...
+        self.passed: Inputs | None = None  # exactly what the latest call was given
+        self.last_set: int | None = None  # the set whose values the latest call ran on
+        self.result: object = None  # the latest call's result ...
         self.result_set: int | None = None  # ... and the set it ran on
         self.inner: list[float] = []
         self.rotation: list[float] = []
-        self.plan(1, last=self.PROBE_SET_INDEX)
+        self.plan(0, 1)
 
     @property
     def target(self):
@@ -193,45 +193,58 @@ class TimedCalls:
         # buffers and the last result alive into the next phase (and its peak) until a collection.
         return {"forward": self._forward, "backward": self._backward, "total": self._total}[self.phase]
 
-    def plan(self, calls: int, last: int = 0) -> None:
-        """The next `calls` calls: consecutive ones on different sets, the first not on the set of
-        the call before (the probe's), the last (with two or more calls) on set index `last`.
-        Calls beyond the plan (rounds redone for interference) go on rotating; the latest call's
-        result is the one checked, against the reference of its own set."""
-        count = len(self.numbers)
-        self.calls, self.planned = 0, max(calls, 1)
-        self.schedule = [(last + self.planned - 1 - j) % count for j in range(self.planned)]
-        previous = self.numbers.index(self.last_set) if self.last_set is not None else None
-        if self.schedule[0] == previous:
-            taken = {previous, *self.schedule[1:2]}
-            self.schedule[0] = next(i for i in range(count) if i not in taken)
+    def plan(self, warmup: int, rounds: int) -> None:
+        """The next calls: `warmup` unchecked ones, then the timed rounds, `rounds` of them planned, of
+        which CheckPlan draws those checked."""
+        self.calls, self.warmup = 0, warmup
+        self.checks = CheckPlan(rounds)
+        self.timed_calls = self.checked_calls = 0
+        self.worst_error = 0.0
+        self.last_check: Agreement | None = None  # the check of the latest checked call ...
+        self._checked_call = -1  # ... and its number
+        self.check_seconds = 0.0
 
     def setup(self) -> tuple[tuple, dict]:
         # The previous call's result is freed here, outside the timed region: dropped when the next call's
         # result replaced it, its memory would be given back inside that call's timed region.
         self.result = None
-        j = self.calls
-        index = (self.schedule[j] if j < self.planned
-                 else (self.schedule[-1] + 1 + j - self.planned) % len(self.numbers))
-        self.calls += 1
-        self.last_set = self.numbers[index]
-        source, b = self.sets[self.last_set], self.buffers
+        number = self.sets.cycle
+        source, b = self.sets.inputs(number), self.buffers
         started = time.perf_counter()
-        for name in ("x", "h0", "c0", "dy", "dh_n", "dc_n"):
+        names = ("x", "h0", "c0") if self.phase != "total" else ("x", "h0", "c0", "dy", "dh_n", "dc_n")
+        for name in names:
             getattr(b, name).copy_(getattr(source, name))
         synchronize(self.device)
-        self.rotation.append(time.perf_counter() - started)
-        if self.phase == "backward":
-            self.impl.forward(b.x, b.h0, b.c0)
-        synchronize(self.device)
+        rotation = time.perf_counter() - started
+        self.calls += 1
+        self.last_set = number
+        if self.phase != "backward":
+            self.rotation.append(rotation)
         if self.phase == "forward":
+            self.passed = Inputs(b.x, b.h0, b.c0, b.weights, None, None, None)
             return (b.x, b.h0, b.c0), {}
-        if self.phase == "backward":
-            return (b.dy, b.dh_n, b.dc_n), {}
-        return (b.x, b.h0, b.c0, b.dy, b.dh_n, b.dc_n), {}
+        if self.phase == "total":
+            self.passed = b
+            return (b.x, b.h0, b.c0, b.dy, b.dh_n, b.dc_n), {}
+        self.impl.forward(b.x, b.h0, b.c0)
+        synchronize(self.device)
+        started = time.perf_counter()
+        held = memory.allocated_bytes(self.device)
+        upstream = self._fresh_upstream(source)
+        synchronize(self.device)
+        # What the harness allocated for them (as the allocator counts it), for the probe's peak: not the
+        # implementation's.
+        self.upstream_bytes = None if held is None else memory.allocated_bytes(self.device) - held
+        self.rotation.append(rotation + time.perf_counter() - started)
+        self.passed = Inputs(b.x, b.h0, b.c0, b.weights, *upstream)
+        return upstream, {}
+
+    @staticmethod
+    def _fresh_upstream(source: Inputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """New tensors with the set's upstream gradients: none of them existed while the forward ran."""
+        return source.dy.clone(), source.dh_n.clone(), source.dc_n.clone()
 
     def _keep(self, result: object) -> None:
-        # The latest call's, whichever it is: rounds redone for interference run past the plan.
         self.result, self.result_set = result, self.last_set
 
     def _forward(self, x, h0, c0):
@@ -259,6 +272,31 @@ class TimedCalls:
         self._keep(grads)
         return grads
 
+    def after_call(self) -> None:
+        """Right after a call, outside the timed region: the drawn calls checked (AgreementError when wrong)."""
+        call = self.calls - 1 - self.warmup
+        if call < 0:  # a warm-up call
+            return
+        self.timed_calls += 1
+        if self.checks.wants(call):
+            check = self.check_latest(f"timed {self.phase} call {call + 1}, on its own inputs (set {self.result_set})")
+            if not check.passed:
+                raise AgreementError(check)
+
+    def check_latest(self, label: str) -> Agreement:
+        """The latest call's result against the reference for the set it ran on."""
+        if self.last_check is not None and self._checked_call == self.calls:
+            return self.last_check  # checked already, right after the call
+        started = time.perf_counter()
+        check = compare_result(self.name, self.sets.problem, self.phase, self.result,
+                               self.sets.reference(self.result_set), label)
+        self.check_seconds += time.perf_counter() - started
+        self.checked_calls += 1
+        if check.passed:
+            self.worst_error = max(self.worst_error, check.max_error)
+        self.last_check, self._checked_call = check, self.calls
+        return check
+
     def reset_costs(self) -> None:
         self.inner.clear()
         self.rotation.clear()
@@ -283,6 +321,8 @@ def probe(calls: TimedCalls, baseline: int | None = None) -> tuple[float, int | 
     and on CUDA its peak allocation above `baseline` (harness.measuring.memory.peak_bytes) is the phase's
     peak memory."""
     args, kwargs = calls.setup()
+    if baseline is not None and calls.phase == "backward":
+        baseline += calls.upstream_bytes or 0  # the harness's upstream gradients, made in the setup
     seconds = []
 
     def timed():
@@ -295,6 +335,8 @@ def probe(calls: TimedCalls, baseline: int | None = None) -> tuple[float, int | 
     else:
         timed()
         peak = None
+    # Never checked, and held on they would sit in the next implementation's probe (interleaved, all probe first).
+    calls.passed = calls.result = None
     return seconds[0], peak
 
 

@@ -26,8 +26,9 @@ from harness.contract.problem import PHASES, Problem, ProblemError
 
 RESULTS_KEY = "lstm_harness"  # machine_info[RESULTS_KEY]: the environment; output[RESULTS_KEY]: the run
 SCHEMA_KEY = "schema"  # output[RESULTS_KEY][SCHEMA_KEY]: the version of this record
-SCHEMA_VERSION = "1.4"  # 1.1: setup_seconds; 1.2: a sweep's shards (each with its environment), not_timed.shard;
-# 1.3: harness_seconds and rotation_seconds (the harness's own cost per round); 1.4: interference per row
+SCHEMA_VERSION = "1.5"  # 1.1: setup_seconds; 1.2: a sweep's shards (each with its environment), not_timed.shard;
+# 1.3: harness_seconds and rotation_seconds (the harness's own cost per round); 1.4: interference per row;
+# 1.5: the calls checked during timing, the zero-state check, the error against the dtype's rounding floor
 # (disturbed_rounds, interference_cores ...) and the run's interference settings
 ABSENT_SCHEMA = "1.0"  # files written before the version was recorded
 
@@ -146,6 +147,8 @@ _MEASUREMENT_KINDS = {
     "saturation_max_error": ("number", True), "saturation_check": ("string", True),
     "saturation_seconds": ("number", True),
     "verified": ("string", True), "verified_max_error": ("number", True), "check_seconds": ("number", True),
+    "checked_calls": ("integer", True), "timed_calls": ("integer", True), "zero_state_max_error": ("number", True),
+    "precision_ratio": ("number", True), "agreement_seconds": ("number", True),
     "seed": ("integer", True), "warmup_rounds": ("integer", True),
     "ceiling_gflops": ("number", True), "saved_bytes": ("number", True), "peak_bytes": ("number", True),
     "peak_includes": ("string", True), "threads": ("integer", True), "process_state": ("object", True),
@@ -180,6 +183,15 @@ class Measurement:
     verified: str | None = None  # the check after timing, as it described itself; unset: not checked yet
     verified_max_error: float | None = None
     check_seconds: float | None = None
+    # Of the calls made in the timed rounds (kept and redone, not the warm-up), how many were checked against
+    # the reference for their own inputs (harness.measuring.call_checks), the worst error in verified_max_error.
+    checked_calls: int | None = None
+    timed_calls: int | None = None
+    zero_state_max_error: float | None = None  # the check before timing with h0 = c0 = 0
+    agreement_seconds: float | None = None  # the checks on set 0 and the zero state (references included)
+    # Largest agreement error / the error of the float64 reference merely rounded to the dtype, over the
+    # tensors of input set 0: about 1 for results computed in a wider type and rounded at the end.
+    precision_ratio: float | None = None
     seed: int | None = None
     warmup_rounds: int | None = None
     ceiling_gflops: float | None = None

@@ -22,6 +22,16 @@ NOISE_MARK = "†"
 DISTURBED_MARK = "⚠"  # the redo budget ran out: disturbed rounds are in the time
 SUSPECT_PERCENT = 100  # faster than the device's own best GEMM: wrong code or a wrong measurement, not a speed
 SUSPECT_MARK = "‼"
+# A row's agreement error over the error of the float64 reference merely rounded to the problem's dtype
+# (Measurement.precision_ratio): below WIDE_RATIO, its results are a wider type's rounded at the end.
+# Measured (CPU, float32, input set 0, harness.contract.agreement.precision_ratio): at the smoke shapes
+# (batch 1, 2, 5 x length 3, 7; I12 H16 L2) cudnn 6.5 .. 8.5, modular 7.0 .. 9.7, fused 7.9 .. 15;
+# B4-T20-I512-H512-L3 cudnn 13.9, modular 10.7, fused 29.1; B20-T20-I512-H512-L3 19.9, 10.6, 28.6;
+# B1-T1-I4-H4-L1 5.3, 10.5, 6.8. fused computing in float64 and returning float32: 1.000 at every one of
+# these. 2 is twice the one and 2.6x below the least of the correct ones.
+WIDE_RATIO = 2.0
+WIDE_MARK = "‡"
+ERROR_TITLE = "Error (x rounding)"
 MISSING = "-"  # a time, rate or speedup that does not exist (the phase crashed or was not run)
 PROBLEM_KEY = ["device_name", *PROBLEM_FIELDS]  # a problem of the report: the Problem's fields, on a named device
 
@@ -83,6 +93,28 @@ def _percent_cell(percent: float) -> str:
     return f"{percent:.0f}% {SUSPECT_MARK}" if _is_suspect(percent) else f"{percent:.0f}%"
 
 
+def _is_wide(ratio) -> bool:
+    return ratio is not None and pd.notna(ratio) and ratio < WIDE_RATIO
+
+
+def format_ratio(ratio: float) -> str:
+    return f"{ratio:.1f}x" if ratio < 10 else f"{ratio:.0f}x"
+
+
+def _error_cell(error, ratio) -> str:
+    """The agreement error with its ratio to the dtype's rounding floor, `3.1e-07 (12x)`; marked when the
+    ratio says the results are a wider type's rounded at the end."""
+    if error is None or pd.isna(error):
+        return MISSING
+    if ratio is None or pd.isna(ratio):
+        return f"{error:.1e}"
+    return f"{error:.1e} ({format_ratio(ratio)})" + (f" {WIDE_MARK}" if _is_wide(ratio) else "")
+
+
+def _has(rows: pd.DataFrame, column: str) -> bool:
+    return column in rows and rows[column].notna().any()
+
+
 def problem_table(rows: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """The seed's table for one problem: median ms per phase, bold minima, speedups."""
     medians = rows.pivot_table(index="impl", columns="phase", values="median_ms", aggfunc="last")
@@ -119,6 +151,10 @@ def problem_table(rows: pd.DataFrame, baseline: str) -> pd.DataFrame:
     kept = rows.groupby("impl").saved_bytes.last().reindex(medians.index)
     if kept.notna().any():
         table["Kept for backward"] = [format_bytes(v) for v in kept]
+    if _has(rows, "precision_ratio"):  # checked once per implementation and problem, like the bytes kept
+        agreement = rows.groupby("impl")[["agreement_max_error", "precision_ratio"]].last().reindex(medians.index)
+        table[ERROR_TITLE] = [_error_cell(e, r) for e, r in zip(agreement.agreement_max_error,
+                                                                 agreement.precision_ratio, strict=True)]
     if gpu and rows.peak_bytes.notna().any():
         peaks = rows.pivot_table(index="impl", columns="phase", values="peak_bytes", aggfunc="last")
         for phase in ("forward", "backward"):
@@ -212,10 +248,46 @@ def _checked_lines(t: pd.DataFrame) -> str:
     if t.get("verified_max_error") is None or t["verified_max_error"].isna().all():
         return ""
     return (f", then on inputs that drive the gates into saturation (worst {t['saturation_max_error'].max():.1e}), "
-            f"and again on the last timed call of each phase, on other inputs than the first check's "
-            f"(worst {t['verified_max_error'].max():.1e}); the checks cost {t['check_seconds'].sum():.1f} s after "
+            f"{_timed_checks(t)} (worst {t['verified_max_error'].max():.1e}); the checks cost "
+            f"{_before_timing(t)}{t['check_seconds'].sum():.1f} s during and after "
             f"timing and {t.drop_duplicates(['impl', 'problem_id'])['saturation_seconds'].sum():.1f} s on the "
             "saturating inputs, outside every timed region")
+
+
+def _before_timing(t: pd.DataFrame) -> str:
+    if not _has(t, "agreement_seconds"):
+        return ""
+    seconds = t.drop_duplicates(["impl", "problem_id"])["agreement_seconds"].sum()
+    return f"{seconds:.1f} s on set 0 and the zero state before timing, "
+
+
+def _timed_checks(t: pd.DataFrame) -> str:
+    """Which timed calls were checked: counted where the results file records it (1.5 on)."""
+    counted = t.dropna(subset=["checked_calls", "timed_calls"]) if _has(t, "checked_calls") else t.iloc[:0]
+    if counted.empty:
+        return "and again on the last timed call of each phase, on other inputs than the first check's"
+    checked, timed = int(counted["checked_calls"].sum()), int(counted["timed_calls"].sum())
+    share = f" ({100 * checked / timed:.1f} %)" if timed else ""
+    return (f"and on {checked} of the {timed} timed calls{share} in all, each against the float64 reference for "
+            "its own inputs")
+
+
+def _zero_state_text(t: pd.DataFrame) -> str:
+    if not _has(t, "zero_state_max_error"):
+        return ""
+    return f", on inputs with zero initial state (h0 = c0 = 0; worst {t['zero_state_max_error'].max():.1e})"
+
+
+def _rounding_text(t: pd.DataFrame) -> str:
+    """The legend of the tables' error column and its mark, where the results file records the ratio (1.5 on)."""
+    if not _has(t, "precision_ratio"):
+        return ""
+    rounded = "/".join(sorted(t.loc[t["precision_ratio"].notna(), "dtype"].unique()))
+    return (f"; {ERROR_TITLE} in each table: the implementation's worst error on the first check and, in brackets, "
+            f"that error over the error of the float64 reference merely rounded to the problem's dtype (the least "
+            f"any result stored in that dtype can show; correct float32 implementations measured 5x to 30x); "
+            f"{WIDE_MARK} marks a ratio below {WIDE_RATIO:g}x: its errors are those of a float64 result rounded to "
+            f"{rounded}: it computes in a wider type than the problem's")
 
 
 # What peak_bytes meant before results files said (peak_includes): the call's own transient memory.
@@ -307,7 +379,8 @@ def _timing_lines(t: pd.DataFrame) -> list[str]:
         "implementations",
         f"- **Agreement**: every time below comes from an implementation that first matched the float64 "
         f"reference on that problem (norm-wise relative error of outputs and all gradients; tolerance "
-        f"{tol}; worst seen {t['agreement_max_error'].max():.1e})" + _checked_lines(t),
+        f"{tol}; worst seen {t['agreement_max_error'].max():.1e})" + _zero_state_text(t) + _checked_lines(t)
+        + _rounding_text(t),
         *_peak_lines(t),
         *_harness_cost_lines(t),
         "",
@@ -387,6 +460,19 @@ def _suspect_lines(rows: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _wide_lines(rows: pd.DataFrame) -> list[str]:
+    """The implementations whose errors are a wider type's rounded at the end (one line each)."""
+    if not _has(rows, "precision_ratio"):
+        return []
+    lines = []
+    for r in rows[rows.precision_ratio.map(_is_wide)].drop_duplicates("impl").itertuples():
+        lines += [f"{WIDE_MARK} wider type: `{r.impl}`'s error ({r.agreement_max_error:.1e}) is "
+                  f"{format_ratio(r.precision_ratio)} that of the float64 reference rounded to {r.dtype}: its errors "
+                  f"are those of a float64 result rounded to {r.dtype}: it computes in a wider type than the "
+                  "problem's, so its times are not those of the problem's arithmetic", ""]
+    return lines
+
+
 def _not_timed_lines(missing: pd.DataFrame) -> list[str]:
     if missing.empty:
         return []
@@ -406,7 +492,7 @@ def _problem_section(p: dict, rows: pd.DataFrame, missing: pd.DataFrame, baselin
                   "(below).", ""]
     else:
         lines += [problem_table(rows, baseline).to_markdown(missingval=MISSING), ""]
-        lines += _suspect_lines(rows) + _noisy_lines(rows)
+        lines += _suspect_lines(rows) + _wide_lines(rows) + _noisy_lines(rows)
         if baseline not in set(rows.impl):
             lines += [f"(no speedup columns: baseline `{baseline}` has no time on this problem)", ""]
     return lines + _not_timed_lines(missing)

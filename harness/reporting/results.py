@@ -113,7 +113,11 @@ def _row(path: Path, bench: dict, device_name: str) -> dict:
            **{k: getattr(m, k) for k in ("ceiling_gflops", "saved_bytes", "peak_bytes", "saturation_max_error",
                                          "verified_max_error", "check_seconds", "saturation_seconds",
                                          "setup_seconds", "harness_seconds", "rotation_seconds",
-                                         *INTERFERENCE_FIELDS)},
+                                         *INTERFERENCE_FIELDS,
+                                         # 1.5: the calls checked during timing, the zero-state check, the
+                                         # agreement error over the dtype's rounding floor
+                                         "checked_calls", "timed_calls", "zero_state_max_error",
+                                         "precision_ratio", "agreement_seconds")},
            # What peak_bytes includes (its definition changed; older files lack it).
            "peak_includes": m.peak_includes,
            # Raw per-round timings (seconds), kept for --compare's statistical test.
