@@ -351,7 +351,7 @@ class SkipsMidTiming(FusedLSTM):
 TRUST_MUTANTS = {
     StaleAccumulator: "zero initial state",  # its second backward, on the same instance
     MemoisedPerInstance: ("on its own inputs", "zero initial state"),  # wrong from its second call
-    MemoisedPerClass: "saturating input set",
+    MemoisedPerClass: ("saturating input set", "zero initial state"),
     LazyForward: "input set 0",
     BackwardInForward: "on its own inputs",
     NaNFromSecondCall: ("on its own inputs", "zero initial state"),

@@ -378,6 +378,6 @@ def test_the_harness_own_time_per_round_is_a_line_where_recorded(tmp_path):
     main([str(path), "--out-dir", str(tmp_path), "--name", "c", "--no-plots"])
     line = next(l for l in (tmp_path / "c.md").read_text().splitlines() if "Harness's own time" in l)
     assert "2.0 us per round" in line and "at most 2.000 % of a round: cudnn forward" in line
-    assert "input rotation 5.0 us per round" in line
+    assert "fresh inputs (drawn and copied into the buffers) 5.0 us per round" in line
     main([str(FIXTURE), "--out-dir", str(tmp_path), "--name", "old", "--no-plots"])
     assert "Harness's own time" not in (tmp_path / "old.md").read_text()

@@ -180,6 +180,8 @@ class TimedCalls:
         self.buffers = Inputs(first.x.clone(), first.h0.clone(), first.c0.clone(), first.weights,
                               first.dy.clone(), first.dh_n.clone(), first.dc_n.clone())
         self.passed: Inputs | None = None  # exactly what the latest call was given
+        self.count_upstream = False  # the probe's: how much the harness allocates for the upstream gradients
+        self.upstream_bytes: int | None = None
         self.last_set: int | None = None  # the set whose values the latest call ran on
         self.result: object = None  # the latest call's result ...
         self.result_set: int | None = None  # ... and the set it ran on
@@ -209,8 +211,8 @@ class TimedCalls:
         # result replaced it, its memory would be given back inside that call's timed region.
         self.result = None
         number = self.sets.cycle
-        source, b = self.sets.inputs(number), self.buffers
         started = time.perf_counter()
+        source, b = self.sets.inputs(number), self.buffers  # drawn by the cycle's first implementation
         names = ("x", "h0", "c0") if self.phase != "total" else ("x", "h0", "c0", "dy", "dh_n", "dc_n")
         for name in names:
             getattr(b, name).copy_(getattr(source, name))
@@ -229,7 +231,7 @@ class TimedCalls:
         self.impl.forward(b.x, b.h0, b.c0)
         synchronize(self.device)
         started = time.perf_counter()
-        held = memory.allocated_bytes(self.device)
+        held = memory.allocated_bytes(self.device) if self.count_upstream else None
         upstream = self._fresh_upstream(source)
         synchronize(self.device)
         # What the harness allocated for them (as the allocator counts it), for the probe's peak: not the
@@ -320,7 +322,11 @@ def probe(calls: TimedCalls, baseline: int | None = None) -> tuple[float, int | 
     """One call that the benchmark does not time (also a warm-up): its seconds size the rounds,
     and on CUDA its peak allocation above `baseline` (harness.measuring.memory.peak_bytes) is the phase's
     peak memory."""
-    args, kwargs = calls.setup()
+    calls.count_upstream = True
+    try:
+        args, kwargs = calls.setup()
+    finally:
+        calls.count_upstream = False
     if baseline is not None and calls.phase == "backward":
         baseline += calls.upstream_bytes or 0  # the harness's upstream gradients, made in the setup
     seconds = []

@@ -205,7 +205,7 @@ class Measurement:
     setup_seconds: float | None = None
     # The harness's own cost per timed round (medians): inside the timed region but outside the
     # implementation's calls and the device sync (pytest-benchmark's timer, the target's Python),
-    # and the input rotation of each round's setup (outside the timed region).
+    # and the fresh inputs of each round's setup, drawn and copied (outside the timed region).
     harness_seconds: float | None = None
     rotation_seconds: float | None = None
     # What the machine was doing (harness.measuring.rounds): whether the point's implementations took their

@@ -305,7 +305,8 @@ def _harness_cost_lines(t: pd.DataFrame) -> list[str]:
     return [f"- **Harness's own time**: inside the timed region but outside the implementation (pytest-benchmark's "
             f"timer, the call, keeping the result) {1e6 * t['harness_seconds'].median():.1f} us per round (median "
             f"over all rows; at most {share.max():.3f} % of a round: {worst['impl']} {worst['phase']} on "
-            f"{worst['problem_id']}); input rotation {1e6 * t['rotation_seconds'].median():.1f} us per round "
+            f"{worst['problem_id']}); fresh inputs (drawn and copied into the buffers) "
+            f"{1e6 * t['rotation_seconds'].median():.1f} us per round "
             "(median), in each round's setup, outside the timed region"]
 
 
