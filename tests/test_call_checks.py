@@ -290,3 +290,18 @@ def test_a_correct_implementation_passes_every_check(small, one_thread):
     for phase in ("forward", "backward", "total"):
         caught, impl = _trial(small, weights, phase, 8, lambda n: False, 0)
         assert not caught and not impl.wrong_calls
+
+
+def test_a_fast_reference_that_disagrees_with_the_plain_one_is_a_harness_defect(monkeypatch, small):
+    from harness.measuring import call_checks
+
+    call_checks.fast_reference_agrees(small, 0)  # agrees: nothing raised
+    real = call_checks.fast_reference
+
+    def off(inputs, grads=True):
+        out, g = real(inputs, grads)
+        return Outputs(out.y * (1 + 1e-8), out.h_n, out.c_n), g
+
+    monkeypatch.setattr(call_checks, "fast_reference", off)
+    with pytest.raises(RuntimeError, match="harness defect: the fast float64 reference differs"):
+        call_checks.fast_reference_agrees(small, 0)

@@ -41,15 +41,16 @@ SATURATION_TOLERANCES: dict[str, float] = {**TOLERANCES, "float32": 1e-3, "tf32"
                                            "bfloat16": 1.0}
 
 
-def relative_error(actual: torch.Tensor, reference: torch.Tensor) -> float:
-    """||a - r|| / ||r||, computed in float64; inf for a wrong shape or a non-finite value."""
+def relative_error(actual: torch.Tensor, reference: torch.Tensor, scale: float | None = None) -> float:
+    """||a - r|| / ||r||, computed in float64; inf for a wrong shape or an infinite value, NaN for a NaN.
+    `scale`: ||r|| when the caller has it (a reference checked against several results)."""
     if tuple(actual.shape) != tuple(reference.shape):
         return math.inf
     a = actual.detach().to(device=reference.device, dtype=torch.float64)
-    if not bool(torch.isfinite(a).all()):
-        return math.nan if bool(torch.isnan(a).any()) else math.inf
-    scale = torch.linalg.vector_norm(reference).item()
     diff = torch.linalg.vector_norm(a - reference).item()
+    if not math.isfinite(diff):  # a NaN or Inf in the result (the reference is finite)
+        return math.nan if bool(torch.isnan(a).any()) else math.inf
+    scale = torch.linalg.vector_norm(reference).item() if scale is None else scale
     return diff / scale if scale > 0 else diff
 
 
@@ -127,8 +128,11 @@ class Agreement:
         values = list(self.errors.values())
         return math.nan if any(math.isnan(v) for v in values) else max(values, default=math.nan)
 
-    def compare(self, actual: dict[str, object], reference: dict[str, torch.Tensor]) -> None:
-        """Add every tensor of `reference` with its error (and what else is wrong with it)."""
+    def compare(self, actual: dict[str, object], reference: dict[str, torch.Tensor],
+                scales: dict[str, float] | None = None) -> None:
+        """Add every tensor of `reference` with its error (and what else is wrong with it). `scales`: the
+        reference tensors' norms, when the caller keeps them."""
+        scales = scales or {}
         for name, ref in reference.items():
             got = actual.get(name)
             fault = tensor_fault(got, ref, self.problem)
@@ -136,7 +140,7 @@ class Agreement:
                 self.notes[name] = fault
             try:
                 comparable = isinstance(got, torch.Tensor) and got.device.type != "meta"
-                self.errors[name] = relative_error(got, ref) if comparable else math.inf
+                self.errors[name] = relative_error(got, ref, scales.get(name)) if comparable else math.inf
             except Exception as exc:  # noqa: BLE001 - a tensor that cannot be read is a failure, named
                 self.notes[name] = f"could not be compared: {type(exc).__name__}: {exc}"
                 self.errors[name] = math.inf

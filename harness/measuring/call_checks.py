@@ -37,12 +37,16 @@ from harness.contract.fast_reference import fast_reference
 from harness.contract.impl import Grads, Outputs
 from harness.contract.inputs import Inputs, LayerWeights, fresh_inputs, input_set
 from harness.contract.problem import Problem
+from harness.contract.reference import compute_reference
 
 DEFECT_SHARE = 0.1  # a defect on this share of the calls ...
 MISS_PROBABILITY = 0.001  # ... escapes the checks with at most this probability
-# The fast reference against the plain one, on every point's input set 0 before it serves any check: both are
-# float64, so they differ by float64 rounding only (measured: 1e-15 .. 1e-14).
+# The fast reference against the plain one before it serves any check of a point: both are float64, so they
+# differ by float64 rounding only (measured: 1e-15 .. 1e-14).
 FAST_REFERENCE_AGREEMENT = 1e-10
+# ... on set 0 of the point with its batch and length capped: the same layers and widths, whose handling is
+# what could differ, at a small share of the plain reference's cost at the point's own size.
+CROSS_CHECK_BATCH, CROSS_CHECK_LENGTH = 2, 8
 
 
 def calls_to_check(n: int, share: float = DEFECT_SHARE, miss: float = MISS_PROBABILITY) -> int:
@@ -85,10 +89,14 @@ def fast_reference_for(problem: Problem, seed: int, which: int | str) -> tuple[O
     return fast_reference(input_set(problem, seed, which))
 
 
-def fast_reference_agrees(problem: Problem, seed: int, plain: tuple[Outputs, Grads]) -> None:
-    """The fast reference against the plain one on set 0: a difference beyond float64 rounding is a defect of the
-    harness, which then times nothing."""
-    fast = fast_reference_for(problem, seed, 0)
+def fast_reference_agrees(problem: Problem, seed: int) -> None:
+    """The fast reference against the plain one on set 0 of `problem` with its batch and length capped
+    (CROSS_CHECK_BATCH, CROSS_CHECK_LENGTH): a difference beyond float64 rounding is a defect of the harness,
+    which then times nothing."""
+    problem = problem.replace(batch=min(problem.batch, CROSS_CHECK_BATCH),
+                              length=min(problem.length, CROSS_CHECK_LENGTH))
+    plain = compute_reference(input_set(problem, seed, 0))
+    fast = fast_reference(input_set(problem, seed, 0))
     named = {**plain[0].named(), **plain[1].named()}
     mine = {**fast[0].named(), **fast[1].named()}
     worst = max(relative_error(mine[name], ref) for name, ref in named.items())
@@ -97,15 +105,17 @@ def fast_reference_agrees(problem: Problem, seed: int, plain: tuple[Outputs, Gra
                            f"on {problem.id} (allowed {FAST_REFERENCE_AGREEMENT:.0e}); nothing can be checked")
 
 
-def compare_result(impl: str, problem: Problem, phase: str, result: object, reference: tuple, label: str) -> Agreement:
-    """A timed call's result (Outputs for forward, Grads otherwise) against `reference`; anything wrong with
-    the result itself (its kind, a tensor that cannot be read) is a failed check."""
+def compare_result(impl: str, problem: Problem, phase: str, result: object, reference: tuple, label: str,
+                   scales: dict[str, float] | None = None) -> Agreement:
+    """A timed call's result (Outputs for forward, Grads otherwise) against `reference` (whose tensors' norms
+    are `scales`, when known); anything wrong with the result itself (its kind, a tensor that cannot be read)
+    is a failed check."""
     check = new_agreement(impl, problem, label)
     try:
         if phase == "forward":
-            check.compare(named_outputs(result), reference[0].named())
+            check.compare(named_outputs(result), reference[0].named(), scales)
         else:
-            check.compare(named_grads(result, problem.layers), reference[1].named())
+            check.compare(named_grads(result, problem.layers), reference[1].named(), scales)
     except Exception as exc:  # noqa: BLE001 - whatever it returned, it is not a checked result
         check.faults.append(str(exc) if isinstance(exc, ContractError)
                             else f"its result could not be checked: {type(exc).__name__}: {exc}")
@@ -120,9 +130,18 @@ class CallSets:
         self.problem, self.weights, self.seed, self.phase = problem, weights, seed, phase
         self.cycle = 0  # the probe's; run_rounds advances it before every cycle
         self._inputs: tuple[int, Inputs] | None = None
-        self._reference: tuple[int, tuple] | None = None
+        self._reference: tuple[int, tuple, dict[str, float]] | None = None
         self.references = 0  # computed so far
         self.reference_seconds = 0.0
+        self._plans: dict[int, CheckPlan] = {}
+
+    def check_plan(self, planned: int) -> CheckPlan:
+        """Which timed calls to check, drawn once per planned count: implementations with as many rounds take
+        their calls in the same cycles, so checking the same call numbers needs one reference for them all
+        (each one's draw is no less random for being shared)."""
+        if planned not in self._plans:
+            self._plans[planned] = CheckPlan(planned)
+        return self._plans[planned]
 
     def next_cycle(self) -> None:
         self.cycle += 1
@@ -136,12 +155,21 @@ class CallSets:
 
     def reference(self, number: int) -> tuple:
         """(Outputs, Grads or None) in float64 for set `number`: outputs only for the forward phase."""
+        return self._referenced(number)[1]
+
+    def scales(self, number: int) -> dict[str, float]:
+        """The norms of set `number`'s reference tensors, computed once for every result checked against it."""
+        return self._referenced(number)[2]
+
+    def _referenced(self, number: int) -> tuple[int, tuple, dict[str, float]]:
         if self._reference is None or self._reference[0] != number:
             self._reference = None
             started = time.perf_counter()
             with torch.no_grad():
                 reference = fast_reference(self.inputs(number), grads=self.phase != "forward")
+                named = reference[0].named() if self.phase == "forward" else reference[1].named()
+                scales = {name: torch.linalg.vector_norm(t).item() for name, t in named.items()}
             self.reference_seconds += time.perf_counter() - started
             self.references += 1
-            self._reference = (number, reference)
-        return self._reference[1]
+            self._reference = (number, reference, scales)
+        return self._reference

@@ -216,10 +216,10 @@ class BenchSession:
         # point) and the private copy of set 0. The zero-state and saturating sets are copied after it and
         # dropped before timing, so they are in no peak.
         checking = time.perf_counter()
-        reference = reference_for(problem, seed, AGREEMENT_SET)
         if self._fast_checked != problem:
-            fast_reference_agrees(problem, seed, reference)  # before it serves any check of this point
+            fast_reference_agrees(problem, seed)  # before it serves any check of this point
             self._fast_checked = problem
+        reference = fast_reference_for(problem, seed, AGREEMENT_SET)
         own = private_copies({AGREEMENT_SET: pristine[AGREEMENT_SET]})
         checking = time.perf_counter() - checking
         before = ProcessState.capture()

@@ -17,7 +17,7 @@ from harness.contract.impl import Impl
 from harness.contract.inputs import Inputs
 from harness.contract.problem import PHASES
 from harness.measuring import memory
-from harness.measuring.call_checks import CallSets, CheckPlan, compare_result
+from harness.measuring.call_checks import CallSets, compare_result
 from harness.measuring.process_state import with_fp32_precision
 
 # torch's per-operation fp32 precision settings (torch 2.9+), by the key each gets in a results row.
@@ -162,7 +162,7 @@ class TimedCalls:
     training, they do not exist before forward returns. The target keeps a reference to its result (no
     copy, nothing else inside the timed region); after_call, right after it returns and outside the
     timed region, checks it against the reference for its own set when the harness drew that call
-    (CheckPlan), and raises AgreementError when it is wrong. Every setup and target ends in a device
+    (CallSets.check_plan), and raises AgreementError when it is wrong. Every setup and target ends in a device
     sync.
 
     The harness's own cost is measured as it goes: `inner` holds, per call, the seconds of the
@@ -197,9 +197,9 @@ class TimedCalls:
 
     def plan(self, warmup: int, rounds: int) -> None:
         """The next calls: `warmup` unchecked ones, then the timed rounds, `rounds` of them planned, of
-        which CheckPlan draws those checked."""
+        which the harness draws those checked (shared by the implementations with as many)."""
         self.calls, self.warmup = 0, warmup
-        self.checks = CheckPlan(rounds)
+        self.checks = self.sets.check_plan(rounds)
         self.timed_calls = self.checked_calls = 0
         self.worst_error = 0.0
         self.last_check: Agreement | None = None  # the check of the latest checked call ...
@@ -291,7 +291,7 @@ class TimedCalls:
             return self.last_check  # checked already, right after the call
         started = time.perf_counter()
         check = compare_result(self.name, self.sets.problem, self.phase, self.result,
-                               self.sets.reference(self.result_set), label)
+                               self.sets.reference(self.result_set), label, self.sets.scales(self.result_set))
         self.check_seconds += time.perf_counter() - started
         self.checked_calls += 1
         if check.passed:
