@@ -238,6 +238,8 @@ class BenchSession:
             started = time.perf_counter()
             verdict = run_and_compare(impl, own[AGREEMENT_SET], reference,
                                       new_agreement(reg.name, problem, "input set 0"))
+            # State after each check, not only at the end: a change undone by a later call would pass.
+            verdict.faults += state_faults(before)
             verdict.seconds = checking + time.perf_counter() - started
             if verdict.passed:
                 floors = rounding_floors({**reference[0].named(), **reference[1].named()}, problem.torch_dtype)
@@ -248,6 +250,7 @@ class BenchSession:
                 expected, held = retained(problem.device, lambda: fast_reference_for(problem, seed, ZERO_STATE_SET))
                 baseline = None if baseline is None else baseline + held  # cached: the harness keeps it
                 run_and_compare(impl, own[ZERO_STATE_SET], expected, zero)
+                zero.faults += state_faults(before)
                 zero.seconds = time.perf_counter() - started
                 verdict.seconds += zero.seconds
                 if not zero.passed:
@@ -259,6 +262,7 @@ class BenchSession:
                 saturated, held = retained(problem.device, lambda: reference_for(short, seed, SATURATING))
                 baseline = None if baseline is None else baseline + held  # cached: the harness keeps it
                 run_and_compare(reg.cls(short, own[SATURATING].weights), own[SATURATING], saturated, saturation)
+                saturation.faults += state_faults(before)
                 saturation.seconds = time.perf_counter() - started
                 if not saturation.passed:
                     verdict = saturation
