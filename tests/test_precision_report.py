@@ -5,10 +5,9 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
+from mutants import ComputesInFloat64
 
 from harness.contract.agreement import check_agreement, precision_ratio, rounding_floors
-from harness.contract.impl import Grads, Outputs
 from harness.contract.problem import Problem
 from harness.contract.reference import reference_for
 from harness.report import main
@@ -109,24 +108,6 @@ def test_an_older_file_renders_as_before(tmp_path):
 
 # --- the ratio itself: ~1 for results computed in float64 and rounded, well above the threshold for fused ---
 
-class Float64Computing(FusedLSTM):
-    """fused computing a float32 problem in float64 and returning its results rounded to float32: it passes
-    every contract check, and only its errors give it away."""
-
-    name = "float64_computing"
-
-    def __init__(self, problem, weights):
-        super().__init__(problem.replace(dtype="float64"), [w.map(torch.Tensor.double) for w in weights])
-
-    def forward(self, x, h0, c0):
-        out = super().forward(x.double(), h0.double(), c0.double())
-        return Outputs(out.y.float(), out.h_n.float(), out.c_n.float())
-
-    def backward(self, dy, dh_n, dc_n, gate_clip=None):
-        g = super().backward(dy.double(), dh_n.double(), dc_n.double(), gate_clip)
-        return Grads(g.dx.float(), g.dh0.float(), g.dc0.float(), [w.map(torch.Tensor.float) for w in g.weights])
-
-
 def _ratio(cls, problem: Problem) -> float:
     outputs, grads = reference_for(problem)
     floors = rounding_floors({**outputs.named(), **grads.named()}, problem.torch_dtype)
@@ -138,5 +119,5 @@ def _ratio(cls, problem: Problem) -> float:
 @pytest.mark.parametrize("batch,length", [(1, 3), (5, 7)])
 def test_the_ratio_tells_float64_arithmetic_from_float32(batch, length):
     problem = Problem(batch, length, 12, 16, 2)
-    assert _ratio(Float64Computing, problem) == pytest.approx(1.0, abs=0.05)
+    assert _ratio(ComputesInFloat64, problem) == pytest.approx(1.0, abs=0.05)
     assert _ratio(FusedLSTM, problem) > 2 * WIDE_RATIO  # measured 7.9 .. 15 at the smoke shapes
