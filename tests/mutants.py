@@ -10,6 +10,12 @@ from harness.contract.impl import Grads, Outputs
 from impls.fused import FusedLSTM
 
 
+def _next_call(impl) -> int:
+    """Counts the calls of the one method a mutant counts on its instance: 1 on the first."""
+    impl._calls = getattr(impl, "_calls", 0) + 1
+    return impl._calls
+
+
 class RowZeroRecurrence(FusedLSTM):
     """The seed's CPU bug: the recurrent product of batch row 0 is added to every row."""
 
@@ -104,8 +110,7 @@ class ThreadsWhileTimed(FusedLSTM):
     description = "sets torch's thread count during the timed rounds"
 
     def forward(self, x, h0, c0):
-        self._forwards = getattr(self, "_forwards", 0) + 1
-        if self._forwards >= 3:
+        if _next_call(self) >= 3:
             torch.set_num_threads(1 if torch.get_num_threads() > 1 else 2)
         return super().forward(x, h0, c0)
 
@@ -227,8 +232,7 @@ class NaNFromSecondCall(FusedLSTM):
 
     def forward(self, x, h0, c0):
         out = super().forward(x, h0, c0)
-        self._calls = getattr(self, "_calls", 0) + 1
-        if self._calls > 1:
+        if _next_call(self) > 1:
             out.y[-1, 0, 0] = float("nan")
         return out
 
@@ -339,8 +343,7 @@ class SkipsMidTiming(FusedLSTM):
     description = "raises pytest's Skipped from inside a timed round"
 
     def forward(self, x, h0, c0):
-        self._calls = getattr(self, "_calls", 0) + 1
-        if self._calls >= 4:
+        if _next_call(self) >= 4:
             import pytest
 
             pytest.skip("planted skip from inside a timed round")
@@ -440,8 +443,7 @@ class WrongEveryFifthCall(FusedLSTM):
 
     def forward(self, x, h0, c0):
         out = super().forward(x, h0, c0)
-        self._calls = getattr(self, "_calls", 0) + 1
-        if self._calls % 5 == 0:
+        if _next_call(self) % 5 == 0:
             out.y[-1] += 0.5
         return out
 

@@ -305,3 +305,13 @@ def test_a_fast_reference_that_disagrees_with_the_plain_one_is_a_harness_defect(
     monkeypatch.setattr(call_checks, "fast_reference", off)
     with pytest.raises(RuntimeError, match="harness defect: the fast float64 reference differs"):
         call_checks.fast_reference_agrees(small, 0)
+
+
+def test_a_write_into_the_zero_state_set_is_named_as_that_set(small):
+    from harness.contract.inputs import ZERO_STATE_SET, zero_state
+    from harness.measuring.isolation import private_copies, written_inputs
+
+    pristine = {ZERO_STATE_SET: zero_state(make_inputs(small))}
+    copies = private_copies(pristine)
+    copies[ZERO_STATE_SET].x.mul_(0.5)
+    assert written_inputs(pristine, copies) == ["modified its input x in place (input set 0 with zero initial state)"]

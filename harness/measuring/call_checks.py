@@ -18,7 +18,6 @@ workspace: nothing needs to be copied.
 
 from __future__ import annotations
 
-import functools
 import math
 import random
 import time
@@ -34,7 +33,6 @@ from harness.contract.agreement import (
     relative_error,
 )
 from harness.contract.fast_reference import fast_reference
-from harness.contract.impl import Grads, Outputs
 from harness.contract.inputs import Inputs, LayerWeights, fresh_inputs, input_set
 from harness.contract.problem import Problem
 from harness.contract.reference import compute_reference
@@ -81,12 +79,6 @@ class CheckPlan:
         if call < self.planned:
             return call in self.selected
         return self.planned > 0 and self.rng.random() < self.count / self.planned
-
-
-@functools.lru_cache(maxsize=4)
-def fast_reference_for(problem: Problem, seed: int, which: int | str) -> tuple[Outputs, Grads]:
-    """The fast float64 reference of a numbered or named input set, cached per point."""
-    return fast_reference(input_set(problem, seed, which))
 
 
 def fast_reference_agrees(problem: Problem, seed: int) -> None:
@@ -165,10 +157,9 @@ class CallSets:
         if self._reference is None or self._reference[0] != number:
             self._reference = None
             started = time.perf_counter()
-            with torch.no_grad():
-                reference = fast_reference(self.inputs(number), grads=self.phase != "forward")
-                named = reference[0].named() if self.phase == "forward" else reference[1].named()
-                scales = {name: torch.linalg.vector_norm(t).item() for name, t in named.items()}
+            reference = fast_reference(self.inputs(number), grads=self.phase != "forward")
+            named = reference[0].named() if self.phase == "forward" else reference[1].named()
+            scales = {name: torch.linalg.vector_norm(t).item() for name, t in named.items()}
             self.reference_seconds += time.perf_counter() - started
             self.references += 1
             self._reference = (number, reference, scales)

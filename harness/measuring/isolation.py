@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.contract.inputs import Inputs, LayerWeights
+from harness.contract.inputs import SATURATING, ZERO_STATE_SET, Inputs, LayerWeights
 
 
 def private_copies(sets: dict[int | str, Inputs]) -> dict[int | str, Inputs]:
@@ -26,7 +26,12 @@ def private_copies(sets: dict[int | str, Inputs]) -> dict[int | str, Inputs]:
 
 
 def _label(which: int | str) -> str:
-    return "the saturating input set" if isinstance(which, str) else f"input set {which}"
+    return {SATURATING: "the saturating input set", ZERO_STATE_SET: "input set 0 with zero initial state"}.get(
+        which, f"input set {which}")
+
+
+def _unchanged(tensor: torch.Tensor, original: torch.Tensor) -> bool:
+    return tensor.shape == original.shape and tensor.dtype == original.dtype and bool(torch.equal(tensor, original))
 
 
 def written_inputs(pristine: dict[int | str, Inputs], copies: dict[int | str, Inputs]) -> list[str]:
@@ -38,9 +43,7 @@ def written_inputs(pristine: dict[int | str, Inputs], copies: dict[int | str, In
             if id(tensor) in seen:  # a weight shared by several sets: report it once
                 continue
             seen.add(id(tensor))
-            original = originals[name]
-            if not (tensor.shape == original.shape and tensor.dtype == original.dtype
-                    and bool(torch.equal(tensor, original))):
+            if not _unchanged(tensor, originals[name]):
                 found.append(f"modified its input {name} in place ({_label(which)})")
     return found
 
@@ -51,10 +54,5 @@ CALL_INPUTS = ("x", "h0", "c0", "dy", "dh_n", "dc_n")
 def written_call_inputs(source: Inputs, given: Inputs, number: int) -> list[str]:
     """The same for the tensors a timed call was given (those that are not None) against the set they were
     filled from."""
-    found = []
-    for name in CALL_INPUTS:
-        tensor, original = getattr(given, name), getattr(source, name)
-        if tensor is not None and not (tensor.shape == original.shape and tensor.dtype == original.dtype
-                                       and bool(torch.equal(tensor, original))):
-            found.append(f"modified its input {name} in place (a timed call's, input set {number})")
-    return found
+    return [f"modified its input {name} in place (a timed call's, input set {number})" for name in CALL_INPUTS
+            if getattr(given, name) is not None and not _unchanged(getattr(given, name), getattr(source, name))]

@@ -13,6 +13,7 @@ reference for its inputs, inputs and state checked again. A failed check anywher
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import traceback
 
@@ -263,7 +264,7 @@ def _time_group(session: BenchSession, regs: list[Registration], problem: Proble
         # the group runs inside one implementation's test, whose state is restored after it: checked after
         # each of its rounds, it leaves the run, its block redone for the others.
         for t in timed:
-            t.contestant.after_round = lambda guard=guard, check=t.calls.after_call: (_unchanged(guard), check())
+            t.contestant.after_round = functools.partial(_unchanged_then_checked, guard, t.calls)
     synchronize(problem.device)  # nothing queued (backend detection, the reference) drains into round 1
     for t in timed:
         t.calls.reset_costs()
@@ -277,6 +278,12 @@ def _unchanged(before: ProcessState) -> None:
     if changed:
         before.restore()
         raise Dropped("changed process-wide state during timing: " + ", ".join(changed))
+
+
+def _unchanged_then_checked(before: ProcessState, calls: TimedCalls) -> None:
+    """After each interleaved round: the state first (a change leaves the run), then the call's own check."""
+    _unchanged(before)
+    calls.after_call()
 
 
 def _publish(benchmark, config, session: BenchSession, reg: Registration, problem: Problem, phase: str,

@@ -7,6 +7,7 @@ large grid does not hold every implementation's buffers at once.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import sys
 import time
@@ -23,6 +24,7 @@ from harness.contract.agreement import (
     rounding_floors,
     run_and_compare,
 )
+from harness.contract.fast_reference import fast_reference_for
 from harness.contract.grid import Grid, parse_run_options, resolve_device
 from harness.contract.impl import Impl
 from harness.contract.inputs import (
@@ -39,7 +41,7 @@ from harness.contract.inputs import (
 from harness.contract.problem import PHASES, Problem
 from harness.contract.reference import reference_for
 from harness.contract.registry import Registration, Registry, RegistryError, discover
-from harness.measuring.call_checks import CallSets, fast_reference_agrees, fast_reference_for
+from harness.measuring.call_checks import CallSets, fast_reference_agrees
 from harness.measuring.interference import DEFAULT_THRESHOLD, Interference
 from harness.measuring.isolation import private_copies, written_call_inputs, written_inputs
 from harness.measuring.memory import allocated_bytes, retained, saved_bytes
@@ -288,9 +290,8 @@ class BenchSession:
         which = calls.result_set
         latest = calls.check_latest(f"the last timed {calls.phase} call, on its own inputs (set {which})")
         checked = f"{calls.checked_calls} of {calls.timed_calls or 1} timed {calls.phase} call(s)"
-        check = new_agreement(reg.name, problem, f"after timing: {checked} checked, each on its own inputs; "
-                              f"{latest.check}")
-        check.errors, check.notes, check.faults = dict(latest.errors), dict(latest.notes), list(latest.faults)
+        check = dataclasses.replace(latest, check=f"after timing: {checked} checked, each on its own inputs; "
+                                    f"{latest.check}", faults=list(latest.faults))
         try:
             check.faults += written_call_inputs(calls.sets.inputs(calls.last_set), calls.passed, calls.last_set)
         except Exception as exc:  # noqa: BLE001 - a tensor that cannot be compared is a failed check
