@@ -107,7 +107,7 @@ def test_sequence_old_and_new_forms_agree(run_python, tmp_path):
     old = run_python("-m", "harness.sequence", *args, "--out", str(tmp_path / "old"))
     new = run_python("-m", "harness", "sequence", *args, "--out", str(tmp_path / "new"))
     assert old.returncode == new.returncode == 0, old.stderr + new.stderr
-    assert "lstm_short | cudnn | 1 iterations" in new.stdout
+    assert "lstm_short | cudnn | seed 0 | 1 iterations" in new.stdout
     assert _untimed(old.stdout, tmp_path / "old") == _untimed(new.stdout, tmp_path / "new")
     log = "lstm_short-cudnn.log"
     assert _untimed((tmp_path / "old" / log).read_text(), None) == _untimed((tmp_path / "new" / log).read_text(), None)

@@ -77,7 +77,7 @@ def test_training_agreement_catches_a_mutant():
 def test_cli_trains_generates_and_writes(tmp_path, capsys):
     assert main(["--config", "lstm_short", "--impl", "cupy,cudnn", "--iters", "40", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "lstm_short | cupy | 40 iterations | NMSE" in out and "iterations/s" in out
+    assert "lstm_short | cupy | seed 0 | 40 iterations | NMSE" in out and "iterations/s" in out
     assert "global gradient norm clipped" in out  # cudnn cannot clip gates: says which clipping ran
     log = (tmp_path / "lstm_short-cupy.log").read_text().splitlines()
     assert log[0].startswith("# lstm_short") and "target prediction" in log
@@ -180,7 +180,7 @@ def test_a_directory_in_the_way_is_refused_even_with_overwrite(tmp_path, capsys,
 
 def test_output_names_keep_a_dotted_implementation_name(tmp_path):
     cls = type("Dotted", (ForgetBiasOffByOne,), {"name": "fused.v2"})
-    args = argparse.Namespace(out=tmp_path, no_plot=False)
+    args = argparse.Namespace(out=tmp_path, no_plot=False, seeds=[0])
     assert [p.name for p in sequence.output_paths(CONFIGS["lstm_short"], cls, args)] == [
         "lstm_short-fused.v2.log", "lstm_short-fused.v2-loss.csv", "lstm_short-fused.v2.png"]
 
@@ -194,13 +194,13 @@ def test_every_configuration_runs_through_every_implementation(config, tmp_path,
     out = capsys.readouterr().out
     length = 320 if config.endswith("short") else 960
     for impl in impls:
-        assert f"{config} | {impl} | 2 iterations" in out
+        assert f"{config} | {impl} | seed 0 | 2 iterations" in out
         log = (tmp_path / f"{config}-{impl}.log").read_text().splitlines()
         assert len(log) - log.index("target prediction") - 1 == length
 
 
 def test_the_loss_falls_through_the_cli(tmp_path):
-    assert main(["--config", "lstm_short", "--impl", "cupy", "--iters", "150", "--out", str(tmp_path),
+    assert main(["--config", "lstm_short", "--impl", "cupy", "--iters", "300", "--out", str(tmp_path),
                  "--no-plot"]) == 0
     losses = (tmp_path / "lstm_short-cupy-loss.csv").read_text().splitlines()[1:]
     first, last = float(losses[0].split(",")[1]), float(losses[-1].split(",")[1])

@@ -17,9 +17,10 @@ from harness.commands import options
 HELP = "train the seed's example LSTM to generate its sequence, through any implementation"
 EXAMPLE = "python -m harness sequence --config lstm_short --impl fused,cupy --iters 20000"
 
+
 def add_arguments(p) -> None:
     from harness.example.command import DTYPES, SEED_MAX
-    from harness.example.task import CLIPPING_MODES, CONFIGS
+    from harness.example.task import BIAS_CHOICES, CLIPPING_MODES, CONFIGS, describe_lr_mults, lr_multipliers
 
     p.add_argument("--config", default="lstm_short", help=f"one of {', '.join(CONFIGS)}, or 'all'")
     options.add_impl(p, default="fused", help="implementation(s), comma-separated, or 'all' (registered ones)")
@@ -31,13 +32,61 @@ def add_arguments(p) -> None:
     p.add_argument("--clipping", choices=CLIPPING_MODES, default="auto",
                    help="auto: gate clipping inside backward where the implementation can, else global norm")
     p.add_argument("--norm-clip", type=options.positive(float), default=1.0, help="threshold of the global-norm clip")
-    p.add_argument("--seed", type=options.number(int, 0, SEED_MAX), default=0, help="seed of the initial weights")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=options.number(int, 0, SEED_MAX), default=0,
+                       help="random seed of the initial weights (default 0)")
+    seeds.add_argument("--seeds", type=seed_list, metavar="N|S,S..",
+                       help="train each net from several random seeds: N (seeds 0..N-1) or a list; ends with "
+                            "a table of how many learned (seeds.md) and a figure of every seed")
+    p.add_argument("--success-nmse", type=options.positive(float), default=0.05,
+                   help="with --seeds: a run whose generated sequence has NMSE below this learned it (default 0.05)")
+    p.add_argument("--jobs", type=options.positive(int), default=1,
+                   help="runs trained at a time, each in its own process with the threads divided among them "
+                        "(each run's log names its thread count; iterations/s depend on it)")
+    p.add_argument("--biases", type=int, choices=BIAS_CHOICES, default=1,
+                   help="trained biases per LSTM layer: 1, the seed's (default); 2, torch.nn.LSTM's b_ih and b_hh, "
+                        "each moving at the full rate")
+    mults = "; ".join(f"{name}: {describe_lr_mults(lr_multipliers(c))}" for name, c in CONFIGS.items())
+    p.add_argument("--lr-mult", type=lr_mult_list, default={}, metavar="NAME=X[,NAME=X..]",
+                   help=f"learning-rate multipliers beyond the seed's ({mults}); names: lstmL.w_ih, lstmL.w_hh, "
+                        "lstmL.bias, out.weight, out.bias. The seed's published figures came from an older "
+                        "version of its solvers: float64 and out.bias=2")
     p.add_argument("--dtype", choices=DTYPES, default="float32")
     options.add_device(p, choices=False)
     options.add_plugin(p)
     p.add_argument("--out", type=Path, default=Path("reports") / "sequence", help="output folder")
     p.add_argument("--no-plot", action="store_true", help="skip the figure")
     p.add_argument("--overwrite", action="store_true", help="replace the output files of an earlier run")
+
+
+def seed_list(text: str) -> list[int]:
+    """--seeds: N (seeds 0 to N-1) or a comma-separated list of seeds."""
+    import argparse
+
+    from harness.example.command import SEED_MAX
+
+    parse = options.number(int, 0, SEED_MAX)
+    if "," not in text:
+        count = options.positive(int)(text)
+        return list(range(count))
+    seeds = [parse(part.strip()) for part in text.split(",")]
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r} names a seed twice")
+    return seeds
+
+
+def lr_mult_list(text: str) -> dict[str, float]:
+    """--lr-mult: NAME=X pairs, comma-separated; X a number >= 0 (0 freezes the parameter)."""
+    import argparse
+
+    parse = options.number(float, 0)
+    mults = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(f"{part!r} is not NAME=X (for example out.bias=2)")
+        mults[name.strip()] = parse(value.strip())
+    return mults
 
 
 def resolve(args) -> None:
@@ -70,6 +119,17 @@ def resolve(args) -> None:
             clipping_for(cls, args.clipping)
         except ValueError as exc:
             p.error(f"--clipping: {exc}")
+    from harness.example.task import lr_multipliers
+
+    for config in args.configs:
+        try:
+            lr_multipliers(config, args.biases, args.lr_mult)
+        except ValueError as exc:
+            p.error(f"--lr-mult: {exc}")
+    args.seeds = args.seeds or [args.seed]
+    import torch
+
+    args.threads = torch.get_num_threads() if args.jobs == 1 else max(1, torch.get_num_threads() // args.jobs)
     error = command.check_outputs(args)
     if error:
         p.error(error)

@@ -69,3 +69,26 @@ def replot(log: Path) -> Path:
     sidecar = header_path(log)
     heading = titles_from_header(json.loads(sidecar.read_text())) if sidecar.is_file() else titles(lines[:start])
     return plot_run(steps, losses, *heading, log.with_suffix(".png"))
+
+
+def plot_seeds(runs: list[dict], threshold: float, row: dict, path: Path) -> Path:
+    """Every seed of one (configuration, implementation): its generated sequence over the target, and its
+    loss curve (a moving mean over 100 iterations, so the curves stay apart)."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), height_ratios=(3, 2))
+    target = runs[0]["target"]
+    top.scatter(range(len(target)), target.tolist(), s=6, color="black", label="target", linewidths=0)
+    colours = sns.color_palette("husl", len(runs))
+    for run, colour in zip(runs, colours, strict=True):
+        learned = run["nmse"] < threshold
+        label = f"seed {run['seed']}: NMSE {run['nmse']:.3f}"
+        top.plot(run["prediction"].tolist(), color=colour, linewidth=1.0 if learned else 0.8,
+                 linestyle="-" if learned else "--", label=label)
+        losses = pd.Series(run["losses"]).rolling(100, min_periods=1).mean()
+        bottom.plot(range(1, len(losses) + 1), losses, color=colour, linewidth=0.8)
+    top.set(title=f"{row['config']} through `{row['impl']}`: {row['learned']} of {row['runs']} seeds learned "
+                  f"(NMSE < {threshold:g}; dashed: not learned)", xlabel="generated step", ylabel="value")
+    top.legend(fontsize=7, ncols=2, loc="upper right")
+    bottom.set(yscale="log", xlabel="training iteration", ylabel="loss (moving mean of 100)")
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=110)

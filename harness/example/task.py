@@ -6,6 +6,11 @@ target f(t) = 0.5 sin(2t) - 0.05 cos(17t + 0.8) + 0.05 sin(25t + 10) - 0.02 cos(
 at t = 0.01 i, scaled by max |f| then centred; batch 1; chunks of 320 steps, the state carried
 from chunk to chunk with gradients stopped at the boundary; Gaussian init (std 0.1), forget-gate
 bias 5; Euclidean loss sum(err^2) / (2 * 320); SGD with momentum 0.95.
+
+As the seed's LSTM layer, each layer trains ONE bias (the contract's b_ih; b_hh stays zero): training
+both, as torch.nn.LSTM's parametrisation would, moves every bias at twice the seed's rate. The seed's
+per-parameter learning-rate multipliers (only deep_lstm_short's first-layer bias: 2) are configuration
+(SeqConfig.lr_mults), and a run can add its own (`--lr-mult out.bias=2`: the seed's older solvers).
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ GATE_CLIP = 0.1  # the seed's clipping_threshold on gate pre-activation gradient
 CLIPPING_MODES = ("auto", "gate", "norm", "none")
 
 
+BIAS_CHOICES = (1, 2)  # trained biases per LSTM layer: 1 the seed's, 2 torch.nn.LSTM's b_ih and b_hh
+
+
 @dataclass(frozen=True)
 class SeqConfig:
     name: str
@@ -32,18 +40,44 @@ class SeqConfig:
     hidden: int
     length: int
     lr: float
+    lr_mults: tuple[tuple[str, float], ...] = ()  # (parameter name, learning-rate multiplier): the seed's nets
 
     @property
     def about(self) -> str:
         return f"{self.layers} layer(s) x {self.hidden} hidden, sequence length {self.length}"
 
+    def parameter_names(self, biases: int = 1) -> list[str]:
+        """The trained parameters' names, in Network.parameters() order (what --lr-mult may name)."""
+        bias = ["bias"] if biases == 1 else ["b_ih", "b_hh"]
+        return [f"lstm{l + 1}.{n}" for l in range(self.layers) for n in ("w_ih", "w_hh", *bias)] + [
+            "out.weight", "out.bias"]
+
 
 CONFIGS = {c.name: c for c in (
     SeqConfig("lstm_short", layers=1, hidden=15, length=320, lr=1e-4),
     SeqConfig("lstm_long", layers=1, hidden=50, length=960, lr=1e-4),
-    SeqConfig("deep_lstm_short", layers=3, hidden=7, length=320, lr=1e-4),
+    SeqConfig("deep_lstm_short", layers=3, hidden=7, length=320, lr=1e-4, lr_mults=(("lstm1.bias", 2.0),)),
     SeqConfig("deep_lstm_long", layers=3, hidden=23, length=960, lr=5e-5),
 )}
+
+
+def lr_multipliers(config: SeqConfig, biases: int = 1, extra: dict[str, float] | None = None) -> dict[str, float]:
+    """Every trained parameter's learning-rate multiplier: 1, the configuration's, then `extra`'s (a run's
+    --lr-mult); a name that is no parameter of the network is a ValueError naming the known ones."""
+    names = config.parameter_names(biases)
+    mults = dict.fromkeys(names, 1.0)
+    for source, given in (("the configuration", dict(config.lr_mults)), ("--lr-mult", extra or {})):
+        for name, mult in given.items():
+            if name not in mults:
+                raise ValueError(f"{source} names {name!r}, not a parameter of {config.name} with {biases} "
+                                 f"bias(es) a layer; its parameters: {', '.join(names)}")
+            mults[name] = float(mult)
+    return mults
+
+
+def describe_lr_mults(mults: dict[str, float]) -> str:
+    special = [f"{name} x{mult:g}" for name, mult in mults.items() if mult != 1.0]
+    return ", ".join(special) if special else "none"
 
 
 def target_sequence(length: int, dtype=torch.float64, device="cpu") -> torch.Tensor:
@@ -59,12 +93,21 @@ class Network:
     lstm: list[LayerWeights]  # canonical layout, the single source of truth for the weights
     w_out: torch.Tensor  # [1, H]
     b_out: torch.Tensor  # [1]
+    biases: int = 1  # trained biases a layer: with 1, b_hh stays zero and b_ih is the layer's one bias
 
     def parameters(self) -> list[torch.Tensor]:
-        return [t for w in self.lstm for t in w.tensors()] + [self.w_out, self.b_out]
+        """The trained tensors, in SeqConfig.parameter_names order."""
+        return [t for w in self.lstm for t in self._trained(w.tensors())] + [self.w_out, self.b_out]
+
+    def gradients(self, layer_grads: list[LayerWeights], d_w_out, d_b_out) -> list[torch.Tensor]:
+        """The gradients of parameters(), from an implementation's per-layer gradients and the head's."""
+        return [t for w in layer_grads for t in self._trained(w.tensors())] + [d_w_out, d_b_out]
+
+    def _trained(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        return tensors if self.biases == 2 else tensors[:3]
 
 
-def init_network(config: SeqConfig, seed: int = 0, dtype=torch.float64, device="cpu") -> Network:
+def init_network(config: SeqConfig, seed: int = 0, dtype=torch.float64, device="cpu", biases: int = 1) -> Network:
     gen = torch.Generator().manual_seed(seed)
     H = config.hidden
 
@@ -80,7 +123,9 @@ def init_network(config: SeqConfig, seed: int = 0, dtype=torch.float64, device="
         b_ih[H:2 * H] = 5.0  # forget gate (canonical order i, f, g, o): remember by default
         width = INPUT_SIZE if l == 0 else H
         layers.append(LayerWeights(gaussian(4 * H, width), gaussian(4 * H, H), b_ih, zeros(4 * H)))
-    return Network(layers, gaussian(1, H), zeros(1))
+    if biases not in BIAS_CHOICES:
+        raise ValueError(f"biases must be one of {BIAS_CHOICES}, got {biases!r}")
+    return Network(layers, gaussian(1, H), zeros(1), biases)
 
 
 def problem_for(config: SeqConfig, length: int, dtype: torch.dtype, device: str) -> Problem:
@@ -120,6 +165,7 @@ class Trainer:
     clipping: str = "gate"
     norm_clip: float = 1.0
     device: str = "cpu"
+    lr_mults: dict[str, float] | None = None  # every parameter's multiplier (lr_multipliers); None: the config's
     losses: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -130,11 +176,19 @@ class Trainer:
         self.x = torch.zeros(CHUNK, 1, INPUT_SIZE, dtype=dtype, device=self.device)
         self.zero_state = torch.zeros(self.config.layers, 1, self.config.hidden, dtype=dtype, device=self.device)
         self.h, self.c = self.zero_state, self.zero_state
-        params = self.net.parameters()
-        if self.optimizer == "sgd":  # v = m v + g; w -= lr v: Caffe's update for a fixed learning rate
-            self.opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum)
+        if self.lr_mults is None:
+            self.lr_mults = lr_multipliers(self.config, self.net.biases)
+        names = self.config.parameter_names(self.net.biases)
+        if sorted(self.lr_mults) != sorted(names):
+            raise ValueError(f"lr_mults must name exactly the parameters {', '.join(names)}")
+        # One group per parameter, its rate lr x multiplier: with a fixed rate, torch's SGD (v = m v + g;
+        # w -= lr v) is Caffe's (v = m v + lr g; w -= v).
+        groups = [{"params": [p], "lr": self.lr * self.lr_mults[n]}
+                  for n, p in zip(names, self.net.parameters(), strict=True)]
+        if self.optimizer == "sgd":
+            self.opt = torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum)
         elif self.optimizer == "adam":
-            self.opt = torch.optim.Adam(params, lr=self.lr)
+            self.opt = torch.optim.Adam(groups, lr=self.lr)
         else:
             raise ValueError(f"optimizer must be sgd or adam, got {self.optimizer!r}")
         self.iteration = 0
@@ -156,7 +210,7 @@ class Trainer:
         self.h, self.c = out.h_n.detach().clone(), out.c_n.detach().clone()
         grads = self.impl.backward(dy, torch.zeros_like(self.h), torch.zeros_like(self.c),
                                    **({"gate_clip": GATE_CLIP} if self.clipping == "gate" else {}))
-        flat = [t for w in grads.weights for t in w.tensors()] + [d_w_out, d_b_out]
+        flat = self.net.gradients(grads.weights, d_w_out, d_b_out)
         params = self.net.parameters()
         for p, g in zip(params, flat, strict=True):
             # A copy: gradients may alias one another (autograd hands b_ih and b_hh one tensor)
