@@ -137,7 +137,8 @@ def test_earlier_outputs_are_not_overwritten_without_overwrite(tmp_path, capsys,
         main(_quick(tmp_path, "--no-plot", "--seed", "1"))
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert (f"--out: refusing to overwrite the earlier run's {tmp_path / names[0]}, {tmp_path / names[1]}; "
+    assert (f"--out: refusing to overwrite the earlier run's {tmp_path / names[0]}, "
+            f"{tmp_path / 'lstm_short-cudnn.json'}, {tmp_path / names[1]}; "
             f"pass --overwrite to replace them, or choose another --out") in err
     assert {n: (tmp_path / n).read_text() for n in names} == before
     monkeypatch.undo()

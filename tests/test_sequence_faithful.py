@@ -43,6 +43,27 @@ def test_the_seeds_multiplier_doubles_deep_lstm_shorts_first_bias():
     assert torch.equal(seeds[1], plain[1]) and torch.equal(seeds[2], plain[2])  # the first step: layers apart
 
 
+def test_with_two_biases_the_seeds_bias_multiplier_applies_to_both():
+    mults = lr_multipliers(CONFIGS["deep_lstm_short"], biases=2, extra={"lstm2.bias": 3})
+    assert mults["lstm1.b_ih"] == mults["lstm1.b_hh"] == 2.0 and mults["lstm2.b_ih"] == mults["lstm2.b_hh"] == 3.0
+    assert mults["lstm3.b_ih"] == 1.0 and "lstm1.bias" not in mults
+
+
+def test_the_seeds_summary_keeps_a_diverged_run_out_of_the_spread():
+    from types import SimpleNamespace
+
+    from harness.example.seeds import _finite_or_null, summary_rows
+
+    def run(seed, nmse):
+        return {"config": SimpleNamespace(name="lstm_short"), "impl": SimpleNamespace(name="fused"), "seed": seed,
+                "nmse": nmse, "lr_mults": {"out.bias": 1.0}}
+
+    rows = summary_rows([run(0, 0.01), run(1, float("nan")), run(2, 0.2)], threshold=0.05)
+    assert rows[0]["learned"] == 1 and rows[0]["diverged"] == [1]
+    assert rows[0]["nmse_median"] == pytest.approx(0.105) and (rows[0]["nmse_min"], rows[0]["nmse_max"]) == (0.01, 0.2)
+    assert json.loads(json.dumps(_finite_or_null(rows), allow_nan=False))[0]["nmse"] == [0.01, None, 0.2]
+
+
 def test_an_unknown_multiplier_name_is_refused_with_the_known_ones():
     with pytest.raises(ValueError, match="'lstm2.bias', not a parameter of lstm_short.*lstm1.w_ih, lstm1.w_hh"):
         lr_multipliers(CONFIGS["lstm_short"], extra={"lstm2.bias": 2})
@@ -52,6 +73,8 @@ def test_an_unknown_multiplier_name_is_refused_with_the_known_ones():
     (["--lr-mult", "lstm3.bias=2", "--config", "lstm_short"], "--lr-mult: --lr-mult names 'lstm3.bias'"),
     (["--lr-mult", "out.bias"], "'out.bias' is not NAME=X"),
     (["--lr-mult", "out.bias=-1"], "'-1' is below the minimum 0"),
+    (["--lr-mult", "out.bias=1,out.bias=2"], "names out.bias twice"),
+    (["--lr-mult", "out.bias=1", "--lr-mult", "out.bias=2"], "--lr-mult: out.bias given twice"),
     (["--seeds", "0"], "argument --seeds: '0' must be positive"),
     (["--seeds", "1,1"], "'1,1' names a seed twice"),
     (["--seeds", "3", "--seed", "2"], "not allowed with argument"),
@@ -67,10 +90,10 @@ def test_bad_faithfulness_options_are_usage_errors(args, message, capsys, tmp_pa
 
 def test_the_log_header_says_what_trained(tmp_path):
     assert main(["--config", "deep_lstm_short", "--impl", "fused", "--iters", "2", "--out", str(tmp_path),
-                 "--no-plot", "--lr-mult", "out.bias=2"]) == 0
+                 "--no-plot", "--lr-mult", "out.bias=2", "--lr-mult", "lstm3.w_hh=0.5"]) == 0
     header = (tmp_path / "deep_lstm_short-fused.log").read_text().splitlines()
     assert header[4] == ("# network: one trained bias a layer (the seed's); learning-rate multipliers: "
-                         "lstm1.bias x2, out.bias x2")
+                         "lstm1.bias x2, lstm3.w_hh x0.5, out.bias x2")
     assert header[5].startswith("# ran on CPU: ") and header[6] == "target prediction"
     sidecar = json.loads((tmp_path / "deep_lstm_short-fused.json").read_text())
     assert sidecar["biases"] == 1 and sidecar["lr_mults"]["out.bias"] == 2 and sidecar["seed"] == 0
@@ -86,8 +109,8 @@ def test_several_seeds_write_each_run_and_a_table(tmp_path, capsys):
         assert (tmp_path / f"seeds-{config}-fused.png").is_file()
     table = (tmp_path / "seeds.md").read_text()
     assert "| lstm_short      | fused  | 2 of 2" in table and "lstm1.bias x2" in table
-    assert "`python -m harness sequence --config lstm_short,deep_lstm_short --impl fused --iters 3 --seeds 5,7" \
-        in table
+    assert ("`python -m harness sequence --config lstm_short,deep_lstm_short --impl fused --iters 3 --seeds 5,7 "
+            "--jobs 1 --dtype float32") in table and f"--out {tmp_path}" in table
     rows = json.loads((tmp_path / "seeds.json").read_text())["rows"]
     assert [r["seeds"] for r in rows] == [[5, 7], [5, 7]] and all(r["success_rate"] == 1.0 for r in rows)
     nmse = {(r["config"], s): n for r in rows for s, n in zip(r["seeds"], r["nmse"], strict=True)}

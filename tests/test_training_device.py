@@ -62,9 +62,9 @@ def test_train_builds_network_and_implementation_on_the_device(monkeypatch, reco
     devices = []
     real_init = training_agreement.init_network
 
-    def init_on_cpu(config, seed, dtype, device):  # records the device, builds where this machine can
+    def init_on_cpu(config, seed, dtype, device, biases=1):  # records the device, builds where this machine can
         devices.append(device)
-        return real_init(config, seed, dtype, "cpu")
+        return real_init(config, seed, dtype, "cpu", biases)
 
     monkeypatch.setattr(training_agreement, "init_network", init_on_cpu)
     with pytest.raises(_Built):

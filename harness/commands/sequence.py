@@ -47,10 +47,11 @@ def add_arguments(p) -> None:
                    help="trained biases per LSTM layer: 1, the seed's (default); 2, torch.nn.LSTM's b_ih and b_hh, "
                         "each moving at the full rate")
     mults = "; ".join(f"{name}: {describe_lr_mults(lr_multipliers(c))}" for name, c in CONFIGS.items())
-    p.add_argument("--lr-mult", type=lr_mult_list, default={}, metavar="NAME=X[,NAME=X..]",
+    p.add_argument("--lr-mult", type=lr_mult_list, action="append", default=[], metavar="NAME=X[,NAME=X..]",
                    help=f"learning-rate multipliers beyond the seed's ({mults}); names: lstmL.w_ih, lstmL.w_hh, "
-                        "lstmL.bias, out.weight, out.bias. The seed's published figures came from an older "
-                        "version of its solvers: float64 and out.bias=2")
+                        "lstmL.bias (with --biases 2: lstmL.b_ih, lstmL.b_hh; lstmL.bias names both), out.weight, "
+                        "out.bias; repeatable. The seed's published figures came from an older version of its "
+                        "solvers: float64 and out.bias=2")
     p.add_argument("--dtype", choices=DTYPES, default="float32")
     options.add_device(p, choices=False)
     options.add_plugin(p)
@@ -85,6 +86,8 @@ def lr_mult_list(text: str) -> dict[str, float]:
         name, sep, value = part.partition("=")
         if not sep or not name.strip():
             raise argparse.ArgumentTypeError(f"{part!r} is not NAME=X (for example out.bias=2)")
+        if name.strip() in mults:
+            raise argparse.ArgumentTypeError(f"{text!r} names {name.strip()} twice")
         mults[name.strip()] = parse(value.strip())
     return mults
 
@@ -121,18 +124,31 @@ def resolve(args) -> None:
             p.error(f"--clipping: {exc}")
     from harness.example.task import lr_multipliers
 
+    merged = {}
+    for given in args.lr_mult:  # one dict per --lr-mult
+        twice = sorted(set(merged) & set(given))
+        if twice:
+            p.error(f"--lr-mult: {', '.join(twice)} given twice")
+        merged.update(given)
+    args.lr_mult = merged
     for config in args.configs:
         try:
             lr_multipliers(config, args.biases, args.lr_mult)
         except ValueError as exc:
             p.error(f"--lr-mult: {exc}")
     args.seeds = args.seeds or [args.seed]
+    if args.device == "cuda":  # cuBLAS repeats its sums exactly only with a fixed workspace, set before it starts
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     import torch
 
-    args.threads = torch.get_num_threads() if args.jobs == 1 else max(1, torch.get_num_threads() // args.jobs)
     error = command.check_outputs(args)
     if error:
         p.error(error)
+    # The threads divided among the runs that go at once: never more workers than runs.
+    args.jobs = max(1, min(args.jobs, len(command.supported_pairs(args)) * len(args.seeds)))
+    args.threads = max(1, torch.get_num_threads() // args.jobs)
 
 
 def run(args) -> int:

@@ -5,7 +5,9 @@ Trains an LSTM (+ a linear head) to generate the seed's fixed sequence from zero
 generates it step by step, and writes per configuration and implementation:
 <out>/<config>-<impl>.log (header, then "target prediction" per step), <out>/<config>-<impl>-loss.csv
 and <out>/<config>-<impl>.png (target as dots, prediction as a line, and the loss curve).
-Several implementations in one call run side by side and end with a table of iterations/s.
+Several implementations in one call run side by side and end with a table of iterations/s; several seeds
+(--seeds) add <out>/seeds.md (harness.example.seeds). Runs repeat exactly: each fixes its thread count and
+asks for deterministic algorithms (repeatable); --jobs trains several at a time in worker processes.
 """
 
 from __future__ import annotations
@@ -50,20 +52,30 @@ def output_paths(config, cls, args, seed: int | None = None) -> list[Path]:
     return paths if args.no_plot else [*paths, args.out / f"{stem}.png"]
 
 
+def supported_pairs(args) -> list[tuple]:
+    """The (configuration, implementation) pairs that can run here, in the command line's order."""
+    return [(config, cls) for config in args.configs for cls in args.impl_classes
+            if cls.supports(_problem(config, args)).ok]
+
+
 def summary_paths(args) -> list[Path]:
     """The several-seeds summary (a table, its data, a figure per configuration and implementation)."""
     if len(args.seeds) < 2:
         return []
     figures = [] if args.no_plot else [args.out / f"{SEEDS_TABLE}-{config.name}-{cls.name}.png"
-                                        for config in args.configs for cls in args.impl_classes]
+                                        for config, cls in supported_pairs(args)]
     return [args.out / f"{SEEDS_TABLE}.md", args.out / f"{SEEDS_TABLE}.json", *figures]
 
 
 def check_outputs(args) -> str | None:
     """Why the runs' files cannot be written, found before any training (None when they can)."""
-    paths = [path for config in args.configs for cls in args.impl_classes
-             if cls.supports(_problem(config, args)).ok for seed in args.seeds
-             for path in output_paths(config, cls, args, seed)]
+    from harness.example.plot import header_path
+
+    paths = []
+    for config, cls in supported_pairs(args):
+        for seed in args.seeds:
+            log, *rest = output_paths(config, cls, args, seed)
+            paths += [log, header_path(log), *rest]
     return check_out_folder(args.out) or check_existing(paths + summary_paths(args), args.overwrite)
 
 
@@ -231,14 +243,14 @@ def _problem(config, args):
 def run_all(args) -> int:
     """Train, generate and write every (configuration, implementation, seed) of the parsed command line
     (args.configs, args.impl_classes, args.seeds, ...: see harness.commands.sequence); the exit status."""
-    todo = []
     for config in args.configs:
         for cls in args.impl_classes:
             support = cls.supports(_problem(config, args))
             if not support.ok:
                 print(f"{config.name} {cls.name}: skipped: {support.reason}", file=sys.stderr)
-                continue
-            todo += [(config, cls, seed) for seed in args.seeds]
+    todo = [(config, cls, seed) for config, cls in supported_pairs(args) for seed in args.seeds]
+    for path in summary_paths(args):  # an earlier summary must not stand beside runs that replace its own
+        path.unlink(missing_ok=True)
     runs = []
     for run in _trained(todo, args):
         files = write_outputs(run, args)
@@ -271,8 +283,15 @@ def _trained(todo: list, args):
     from concurrent.futures import ProcessPoolExecutor
 
     # spawn, not fork: a forked child inherits the parent's thread pools mid-state.
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"))
+    try:
         futures = [pool.submit(_train_in_worker, config.name, cls.name, list(args.plugins), seed, settings)
                    for config, cls, seed in todo]
         for (config, cls, _), future in zip(todo, futures, strict=True):
             yield {"config": config, "impl": cls, **future.result()}
+    except BaseException:
+        # A failed run (or an interrupt) stops the command now: the queued runs are cancelled, not trained
+        # for hours and then thrown away.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()

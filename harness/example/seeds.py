@@ -11,6 +11,7 @@ seed's generated sequence and loss curve.
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import statistics
 from pathlib import Path
@@ -28,11 +29,13 @@ def summary_rows(runs: list[dict], threshold: float) -> list[dict]:
     rows = []
     for (config, impl), group in groups.items():
         nmses = [r["nmse"] for r in group]
-        learned = sum(n < threshold for n in nmses)
+        learned = sum(n < threshold for n in nmses)  # a diverged run (NaN) has not learned
+        finite = [n for n in nmses if math.isfinite(n)] or [math.nan]
         rows.append({
             "config": config, "impl": impl, "seeds": [r["seed"] for r in group], "learned": learned,
-            "runs": len(group), "success_rate": learned / len(group), "nmse_median": statistics.median(nmses),
-            "nmse_min": min(nmses), "nmse_max": max(nmses), "nmse": nmses,
+            "runs": len(group), "success_rate": learned / len(group), "nmse_median": statistics.median(finite),
+            "nmse_min": min(finite), "nmse_max": max(finite), "nmse": nmses,
+            "diverged": [r["seed"] for r in group if not math.isfinite(r["nmse"])],
             "lr_mults": describe_lr_mults(group[0]["lr_mults"]),
         })
     return rows
@@ -40,17 +43,18 @@ def summary_rows(runs: list[dict], threshold: float) -> list[dict]:
 
 def reproduce_command(args) -> str:
     """The command line that makes these runs again (every setting that changes a result)."""
+    # repr: the shortest text that parses back to the same float; --jobs: it sets the threads a run gets.
     words = ["python", "-m", "harness", "sequence", "--config", ",".join(c.name for c in args.configs),
              "--impl", ",".join(c.name for c in args.impl_classes), "--iters", str(args.iters),
-             "--seeds", ",".join(map(str, args.seeds)), "--dtype", args.dtype, "--device", args.device,
-             "--optimizer", args.optimizer, "--clipping", args.clipping, "--biases", str(args.biases),
-             "--success-nmse", f"{args.success_nmse:g}"]
+             "--seeds", ",".join(map(str, args.seeds)), "--jobs", str(args.jobs), "--dtype", args.dtype,
+             "--device", args.device, "--optimizer", args.optimizer, "--clipping", args.clipping,
+             "--biases", str(args.biases), "--success-nmse", repr(args.success_nmse), "--out", str(args.out)]
     if args.lr:
-        words += ["--lr", f"{args.lr:g}"]
+        words += ["--lr", repr(args.lr)]
     if args.lr_mult:
-        words += ["--lr-mult", ",".join(f"{k}={v:g}" for k, v in args.lr_mult.items())]
-    if args.clipping == "norm" or args.clipping == "auto":
-        words += ["--norm-clip", f"{args.norm_clip:g}"]
+        words += ["--lr-mult", ",".join(f"{k}={v!r}" for k, v in args.lr_mult.items())]
+    if args.clipping in ("norm", "auto"):
+        words += ["--norm-clip", repr(args.norm_clip)]
     for plugin in args.plugins:
         words += ["--plugin", plugin]
     return shlex.join(words)
@@ -75,6 +79,17 @@ def markdown(rows: list[dict], runs: list[dict], args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _finite_or_null(value):
+    """JSON has no NaN: a diverged run's NMSE is written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
 def write_summary(runs: list[dict], args) -> list[Path]:
     """seeds.md, seeds.json and (unless --no-plot) a figure per configuration and implementation."""
     from harness.example.command import SEEDS_TABLE
@@ -82,8 +97,9 @@ def write_summary(runs: list[dict], args) -> list[Path]:
     rows = summary_rows(runs, args.success_nmse)
     table, data = args.out / f"{SEEDS_TABLE}.md", args.out / f"{SEEDS_TABLE}.json"
     table.write_text(markdown(rows, runs, args))
-    data.write_text(json.dumps({"command": reproduce_command(args), "success_nmse": args.success_nmse,
-                                "iterations": args.iters, "rows": rows}, indent=1) + "\n")
+    data.write_text(json.dumps(_finite_or_null({"command": reproduce_command(args), "success_nmse": args.success_nmse,
+                                                 "iterations": args.iters, "rows": rows}), indent=1,
+                               allow_nan=False) + "\n")
     written = [table, data]
     if not args.no_plot:
         from harness.example.plot import plot_seeds

@@ -68,10 +68,14 @@ def lr_multipliers(config: SeqConfig, biases: int = 1, extra: dict[str, float] |
     mults = dict.fromkeys(names, 1.0)
     for source, given in (("the configuration", dict(config.lr_mults)), ("--lr-mult", extra or {})):
         for name, mult in given.items():
-            if name not in mults:
-                raise ValueError(f"{source} names {name!r}, not a parameter of {config.name} with {biases} "
-                                 f"bias(es) a layer; its parameters: {', '.join(names)}")
-            mults[name] = float(mult)
+            # With two biases a layer, lstmL.bias (the seed's one) stands for both.
+            targets = [f"{name[:-len('bias')]}{b}" for b in ("b_ih", "b_hh")] \
+                if biases == 2 and name.startswith("lstm") and name.endswith(".bias") else [name]
+            for target in targets:
+                if target not in mults:
+                    raise ValueError(f"{source} names {name!r}, not a parameter of {config.name} with {biases} "
+                                     f"bias(es) a layer; its parameters: {', '.join(names)}")
+                mults[target] = float(mult)
     return mults
 
 

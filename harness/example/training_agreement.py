@@ -27,6 +27,9 @@ SETUPS = {
 }
 
 
+BIASES = 2
+
+
 @dataclass
 class TrainingRun:
     impl: str
@@ -45,7 +48,8 @@ def training_problem(device: str, config: str = "lstm_short") -> Problem | None:
 def train(impl_cls: type[Impl], setup: str = "adam", config: str = "lstm_short", iterations: int = 200,
           dtype=torch.float64, seed: int = 0, device: str = "cpu") -> TrainingRun:
     cfg, s = CONFIGS[config], SETUPS[setup]
-    net = init_network(cfg, seed, dtype, device)
+    # Both biases trained (not the seed's one): agreement then covers every gradient an implementation returns.
+    net = init_network(cfg, seed, dtype, device, BIASES)
     trainer = Trainer(impl_cls, cfg, net, lr=s["lr"] or cfg.lr, optimizer=s["optimizer"], clipping=s["clipping"],
                       device=device)
     for _ in range(iterations):
