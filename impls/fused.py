@@ -8,8 +8,10 @@ reverse with one GEMM per step for dh, then computes the recurrent-weight gradie
 over all steps (h_0 included: hidden states live in a [T+1, B, H] buffer whose row 0 is h_0),
 the input-weight gradient, the bias gradient and dx as one operation each. No autograd graph.
 
-On the CPU the per-step GEMMs use weights prepacked once by oneDNN (the path PyTorch's own
-compiler takes for frozen linear layers), with the addend fused in; elsewhere torch.addmm.
+How it runs on a CPU (the per-step product: the C++ loop's own register-blocked kernel, MKL's packed
+GEMM, oneDNN's prepacked one or ATen's; the threads of a call; the big GEMMs prepacked or not) is
+chosen by measuring at construction, once per machine and shape (impls/fused_tuning.py); elsewhere,
+and with LSTM_HARNESS_NO_TUNING=1, a fixed rule (default_plan).
 
 The per-layer time loop runs in C++ (impls/native: one GEMM and one pointwise pass per step, no
 Python between steps) wherever the extension builds; otherwise, and in `fused_python`, it runs
@@ -20,13 +22,17 @@ per step. The backend label says which loop ran.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from harness.contract.impl import Grads, Impl, Outputs
-from harness.contract.inputs import LayerWeights
+from harness.contract.inputs import LayerWeights, make_inputs
 from harness.contract.layout import gate_rows
 from harness.contract.problem import Problem
 from harness.contract.registry import register
+from impls import fused_tuning
+from impls.fused_tuning import Plan
 from impls.native import native_steps
 
 # A prepacked oneDNN call costs ~20 us however small; it pays from about this width on
@@ -39,11 +45,30 @@ LOOP_GEMM_MAX_MACS = 1 << 18
 GEMM_ATEN, GEMM_PACKED, GEMM_LOOP, GEMM_MKL = 0, 1, 2, 3
 
 
-def packed_gemm_available(problem: Problem) -> bool:
-    return (problem.device == "cpu" and problem.dtype == "float32" and problem.hidden >= PACKED_MIN_HIDDEN
-            and torch.backends.mkldnn.is_available()
+def onednn_prepacking(problem: Problem) -> bool:
+    """Whether this torch can prepack a weight for oneDNN on the problem's device and dtype."""
+    return (problem.device == "cpu" and problem.dtype == "float32" and torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+def packed_gemm_available(problem: Problem) -> bool:
+    """The fixed rule's choice of oneDNN-prepacked GEMMs (tuning measures them at any width)."""
+    return onednn_prepacking(problem) and problem.hidden >= PACKED_MIN_HIDDEN
+
+
+@contextlib.contextmanager
+def call_threads(threads: int):
+    """The call runs on `threads` threads (0: the process's); the process's count is put back."""
+    before = torch.get_num_threads()
+    if threads == 0 or threads == before:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class Gemm:
@@ -115,7 +140,7 @@ class _Layer:
             if gemm is not None:
                 gemm.refresh()
 
-    def buffers(self, T: int, B: int, H: int, like: torch.Tensor, packed: bool, step_mode: int, ops) -> None:
+    def buffers(self, T: int, B: int, H: int, like: torch.Tensor, plan: Plan, ops) -> None:
         if self.shape == (T, B):
             return
         new = lambda *s: torch.empty(*s, dtype=like.dtype, device=like.device)  # noqa: E731
@@ -128,13 +153,13 @@ class _Layer:
         # Prepacking is tuned to the row count of the product.
         if self.shape is None or self.shape[1] != B:
             # The per-step products: oneDNN-prepacked in GEMM_PACKED mode, MKL-packed in GEMM_MKL.
-            step_packed = packed and step_mode == GEMM_PACKED
+            step_packed = plan.step == GEMM_PACKED
             self.forward_gemm = Gemm(self.w_h, B, step_packed)  # h_{t-1} @ W_h^T
             self.backward_gemm = Gemm(self.w_h_t, B, step_packed)  # dA_t @ W_h
             self.mkl = ((MklPacked(ops, self.w_h, B, True), MklPacked(ops, self.w_hh, B, False))
-                        if step_mode == GEMM_MKL else None)
-        self.input_gemm = Gemm(self.w_x, T * B, packed, bias=self.bias)  # X @ W_x^T + b, all steps
-        self.dx_gemm = Gemm(self.w_x_t, T * B, packed)  # dA @ W_x, all steps
+                        if plan.step == GEMM_MKL else None)
+        self.input_gemm = Gemm(self.w_x, T * B, plan.big_packed, bias=self.bias)  # X @ W_x^T + b, all steps
+        self.dx_gemm = Gemm(self.w_x_t, T * B, plan.big_packed)  # dA @ W_x, all steps
         self.shape = (T, B)
 
 
@@ -147,6 +172,7 @@ class FusedLSTM(Impl):
     use_packed_gemm = True  # tests turn it off to cover the torch.addmm path everywhere
     use_native_loop = True  # False: the time loop in Python (fused_python)
     use_mkl_gemm = True  # the C++ loop's per-step products on MKL's packed GEMM where torch has MKL
+    fixed_plan: Plan | None = None  # set: every instance runs this plan (tests pin each path with it)
 
     @classmethod
     def native_loop(cls):
@@ -163,8 +189,8 @@ class FusedLSTM(Impl):
 
     @classmethod
     def gemm_mode(cls, problem: Problem, native: bool) -> int:
-        """Which per-step product runs: the C++ loop's own (tiny sizes), MKL's packed GEMM (the C++
-        loop, float32 on the CPU), the oneDNN-prepacked one, or ATen's."""
+        """The fixed rule's per-step product: the C++ loop's own (tiny sizes), MKL's packed GEMM (the
+        C++ loop, float32 on the CPU), the oneDNN-prepacked one, or ATen's."""
         cpu = problem.device == "cpu"
         if native and cpu and problem.dtype in ("float32", "float64") \
                 and problem.batch * 4 * problem.hidden ** 2 <= LOOP_GEMM_MAX_MACS:
@@ -177,6 +203,38 @@ class FusedLSTM(Impl):
         return GEMM_ATEN
 
     @classmethod
+    def default_plan(cls, problem: Problem, native: bool) -> Plan:
+        """The fixed rule (no measuring): what runs off the CPU, in the Python loop, and untuned."""
+        return Plan(cls.gemm_mode(problem, native), 0, cls.use_packed_gemm and packed_gemm_available(problem))
+
+    @classmethod
+    def candidates(cls, problem: Problem, native: bool) -> list[Plan]:
+        """Every way the C++ loop can run `problem` here (tuning measures them all); [] where there is
+        nothing to choose (off the CPU, no C++ loop, a dtype without the hand-written pass)."""
+        if not (native and problem.device == "cpu" and problem.dtype in ("float32", "float64")
+                and fused_tuning.tuning_enabled()):
+            return []
+        steps = [GEMM_LOOP, GEMM_ATEN]
+        prepacking = cls.use_packed_gemm and onednn_prepacking(problem)
+        if prepacking:
+            steps.append(GEMM_PACKED)
+            if cls.use_mkl_gemm and native_steps().ops.has_mkl_packed_gemm():
+                steps.append(GEMM_MKL)
+        threads = sorted({1, torch.get_num_threads()})
+        big = [False, True] if prepacking else [False]
+        return [Plan(step, n, packed) for step in steps for n in threads for packed in big]
+
+    @classmethod
+    def plan_for(cls, problem: Problem) -> tuple[Plan, fused_tuning.Tuned | None]:
+        """The plan an instance on `problem` runs without measuring: the fixed one, or the tuned one this
+        process or the cache knows (None: it would be measured at construction)."""
+        native = cls.native_loop() is not None
+        if cls.fixed_plan is not None or not cls.candidates(problem, native):
+            return cls.fixed_plan or cls.default_plan(problem, native), None
+        tuned = fused_tuning.lookup(problem, cls.candidates(problem, native))
+        return (tuned.plan if tuned else None), tuned
+
+    @classmethod
     def backend(cls, problem: Problem) -> str:
         native = cls.native_loop() is not None
         if native:
@@ -187,16 +245,39 @@ class FusedLSTM(Impl):
             loop = f"Python time loop (C++ loop {native_steps().describe()})"  # not built: the reason
         else:
             loop = "Python time loop"
-        gemm = {GEMM_PACKED: "oneDNN-prepacked per-step GEMMs", GEMM_LOOP: "per-step products in the C++ loop",
-                GEMM_MKL: "MKL-packed per-step GEMMs", GEMM_ATEN: "torch.addmm GEMMs"}[cls.gemm_mode(problem, native)]
-        return f"PyTorch {torch.__version__} ops, {loop}, {gemm} ({problem.device})"
+        plan, tuned = cls.plan_for(problem)
+        if plan is None:
+            how = "chosen by measuring at construction"
+        elif tuned is not None:
+            how = f"{plan.label()} (chosen by measuring here{', cached' if tuned.cached else ''})"
+        else:
+            how = {GEMM_PACKED: "oneDNN-prepacked per-step GEMMs", GEMM_LOOP: "per-step products in the C++ loop",
+                   GEMM_MKL: "MKL-packed per-step GEMMs", GEMM_ATEN: "torch.addmm GEMMs"}[plan.step]
+        return f"PyTorch {torch.__version__} ops, {loop}, {how} ({problem.device})"
 
-    def __init__(self, problem: Problem, weights: list[LayerWeights]) -> None:
+    def __init__(self, problem: Problem, weights: list[LayerWeights], plan: Plan | None = None) -> None:
         super().__init__(problem, weights)
-        self.packed = self.use_packed_gemm and packed_gemm_available(problem)
         self.native = self.native_loop()  # built (first use) or loaded here, outside any timed call
-        self._mode = self.gemm_mode(problem, self.native is not None)
+        self.plan = plan or self.fixed_plan or self._chosen_plan(problem, weights)
         self.layers = [_Layer(*fused, w) for fused, w in zip(self._fused_order(weights), weights, strict=True)]
+
+    def _chosen_plan(self, problem: Problem, weights: list[LayerWeights]) -> Plan:
+        candidates = self.candidates(problem, self.native is not None)
+        if not candidates:
+            return self.default_plan(problem, self.native is not None)
+        short = problem.replace(length=min(problem.length, fused_tuning.TUNING_STEPS))
+        inputs = make_inputs(short, seed=0)
+
+        def run_for(plan: Plan):
+            # FusedLSTM itself, not a subclass: what is measured is the path, and a subclass may
+            # construct differently.
+            impl = FusedLSTM(short, weights, plan=plan)
+
+            def run():
+                impl.forward(inputs.x, inputs.h0, inputs.c0)
+                impl.backward(inputs.dy, inputs.dh_n, inputs.dc_n)
+            return run
+        return fused_tuning.tune(problem, candidates, run_for).plan
 
     def _fused_order(self, weights: list[LayerWeights]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Per layer W_x, W_h and the combined bias in gate order o, i, f, g: new tensors."""
@@ -244,11 +325,15 @@ class FusedLSTM(Impl):
 
     @torch.no_grad()
     def forward(self, x, h0, c0) -> Outputs:
+        with call_threads(self.plan.threads):
+            return self._forward(x, h0, c0)
+
+    def _forward(self, x, h0, c0) -> Outputs:
         T, B, H = x.shape[0], x.shape[1], self.problem.hidden
         self.x = x
         layer_input = x
         for l, layer in enumerate(self.layers):
-            layer.buffers(T, B, H, x, self.packed, self._mode, self.native)
+            layer.buffers(T, B, H, x, self.plan, self.native)
             # All T input projections and both biases in one GEMM.
             layer.gates = layer.input_gemm(layer_input.reshape(T * B, -1),
                                            out=layer.gates.view(T * B, 4 * H)).view(T, B, 4 * H)
@@ -267,7 +352,7 @@ class FusedLSTM(Impl):
         if self.native is not None:
             packed = layer.mkl[0].packed if layer.mkl else layer.forward_gemm.packed
             self.native.forward_steps(layer.gates, layer.h, layer.c, layer.tanh_c, layer.w_h, layer.w_h_rows,
-                                      packed, layer.pre, self._mode)
+                                      packed, layer.pre, self.plan.step, self.plan.threads)
             return
         gates = layer.gates
         # Per-step views made in a few calls up front: at small batches the Python cost of
@@ -287,6 +372,10 @@ class FusedLSTM(Impl):
 
     @torch.no_grad()
     def backward(self, dy, dh_n, dc_n, gate_clip=None) -> Grads:
+        with call_threads(self.plan.threads):
+            return self._backward(dy, dh_n, dc_n, gate_clip)
+
+    def _backward(self, dy, dh_n, dc_n, gate_clip=None) -> Grads:
         T, B = self.layers[0].shape
         H = self.problem.hidden
         grads: list[LayerWeights] = [None] * len(self.layers)
@@ -311,7 +400,8 @@ class FusedLSTM(Impl):
         if self.native is not None:
             packed = layer.mkl[1].packed if layer.mkl else layer.backward_gemm.packed
             return self.native.backward_steps(layer.gates, layer.c, layer.tanh_c, layer.d_gates, dh, dc,
-                                              d_out.contiguous(), layer.w_hh, packed, gate_clip, self._mode)
+                                              d_out.contiguous(), layer.w_hh, packed, gate_clip, self.plan.step,
+                                              self.plan.threads)
         T, B = layer.shape
         H = self.problem.hidden
         gates, d_gates, c, tanh_c = layer.gates, layer.d_gates, layer.c, layer.tanh_c

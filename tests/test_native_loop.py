@@ -9,12 +9,19 @@ from harness.contract.inputs import make_inputs
 from harness.contract.problem import Problem
 from impls import native
 from impls.fused import GEMM_ATEN, GEMM_LOOP, GEMM_MKL, GEMM_PACKED, FusedLSTM, FusedPythonLSTM, packed_gemm_available
+from impls.fused_tuning import Plan
 
 
 class FusedOneDNN(FusedLSTM):
     """The C++ loop on oneDNN-prepacked products (where torch has no MKL, and to compare)."""
 
     use_mkl_gemm = False
+    fixed_plan = Plan(GEMM_PACKED, 0, True)
+
+
+def pinned(mode: int, problem: Problem) -> type[FusedLSTM]:
+    """FusedLSTM on one path of the loop, whatever tuning would choose, big GEMMs as the fixed rule has them."""
+    return type(f"Pinned{mode}", (FusedLSTM,), {"fixed_plan": Plan(mode, 0, packed_gemm_available(problem))})
 
 
 def mkl() -> bool:
@@ -48,9 +55,9 @@ def test_every_path_of_the_loop_agrees_with_the_reference(problem, mode):
         pytest.skip("no MKL packed GEMM in this torch build")
     if problem.dtype == "bfloat16" and not torch.backends.mkldnn.is_available():
         pytest.skip("bfloat16 on the CPU needs oneDNN")
-    assert FusedLSTM.gemm_mode(problem, native=True) == mode
-    agreement, impl = check_agreement(FusedLSTM, problem)
-    assert impl.native is not None
+    assert FusedLSTM.gemm_mode(problem, native=True) == mode  # the fixed rule's choice
+    agreement, impl = check_agreement(pinned(mode, problem), problem)
+    assert impl.native is not None and impl.plan.step == mode
     assert agreement.passed, agreement.summary() + "\n" + agreement.table()
 
 
@@ -59,7 +66,7 @@ def test_gate_clipping_in_cpp_is_the_python_loops(problem, mode):
     """Clamped gate gradients, dc carried on unclamped: one planted difference would show."""
     inputs = make_inputs(problem, seed=3)
     results = []
-    for cls in (FusedLSTM, FusedPythonLSTM):
+    for cls in (pinned(mode, problem), FusedPythonLSTM):
         impl = cls(problem, inputs.weights)
         impl.forward(inputs.x, inputs.h0, inputs.c0)
         grads = impl.backward(inputs.dy * 50, inputs.dh_n, inputs.dc_n, gate_clip=0.01)
@@ -94,10 +101,10 @@ def test_mkl_packed_weights_follow_set_weights():
     if not mkl():
         pytest.skip("no MKL packed GEMM in this torch build")
     first, other = make_inputs(problem), make_inputs(problem, seed=9)
-    impl = FusedLSTM(problem, first.weights)
+    impl = pinned(GEMM_MKL, problem)(problem, first.weights)
     impl.forward(first.x, first.h0, first.c0)
     impl.set_weights(other.weights)
-    fresh = FusedLSTM(problem, other.weights)
+    fresh = FusedPythonLSTM(problem, other.weights)
     outs = [i.forward(other.x, other.h0, other.c0) for i in (impl, fresh)]
     assert torch.allclose(outs[0].y, outs[1].y, rtol=0, atol=1e-5)
     grads = [i.backward(other.dy, other.dh_n, other.dc_n).dx for i in (impl, fresh)]

@@ -23,6 +23,7 @@ from tabulate import tabulate
 from tqdm import tqdm
 
 from harness.example.task import (
+    CHUNK,
     Trainer,
     clipping_for,
     describe_clipping,
@@ -193,7 +194,7 @@ def write_outputs(run: dict, args) -> list[Path]:
     config, cls, seed = run["config"], run["impl"], run["seed"]
     log, losses, *figure = output_paths(config, cls, args, seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    backend = cls.backend(_problem(config, args))
+    backend = cls.backend(_problem(config, args, CHUNK))  # what trained (generation runs single steps)
     training = (f"{args.iters} iterations of {args.optimizer} (lr {run['lr']:g}"
                 f"{', momentum 0.95' if args.optimizer == 'sgd' else ''})")
     biases = "one trained bias a layer (the seed's)" if args.biases == 1 else "two trained biases a layer (b_ih, b_hh)"
@@ -234,10 +235,10 @@ def write_outputs(run: dict, args) -> list[Path]:
     return written
 
 
-def _problem(config, args):
+def _problem(config, args, length: int = 1):
     import torch
 
-    return problem_for(config, 1, getattr(torch, args.dtype), args.device)
+    return problem_for(config, length, getattr(torch, args.dtype), args.device)
 
 
 def run_all(args) -> int:
@@ -249,6 +250,7 @@ def run_all(args) -> int:
             if not support.ok:
                 print(f"{config.name} {cls.name}: skipped: {support.reason}", file=sys.stderr)
     todo = [(config, cls, seed) for config, cls in supported_pairs(args) for seed in args.seeds]
+    prepare(args)
     for path in summary_paths(args):  # an earlier summary must not stand beside runs that replace its own
         path.unlink(missing_ok=True)
     runs = []
@@ -270,6 +272,19 @@ def run_all(args) -> int:
         print(f"\nseveral seeds (NMSE below {args.success_nmse:g} counts as learned):\n"
               f"{written[0].read_text()}wrote {', '.join(map(str, written))}")
     return 0 if runs else 1
+
+
+def prepare(args) -> None:
+    """Build every (configuration, implementation) once, here, before any run, with the runs' threads: what
+    an implementation chooses at construction by measuring (fused's plan) is then chosen once and cached,
+    and every run, in this process or a worker, runs the same code path (runs that repeat exactly)."""
+    import torch
+
+    with repeatable(args.threads):
+        for config, cls in supported_pairs(args):
+            net = init_network(config, 0, getattr(torch, args.dtype), args.device, args.biases)
+            for length in (CHUNK, 1):  # training chunks, and the generation's single steps
+                cls(problem_for(config, length, getattr(torch, args.dtype), args.device), net.lstm)
 
 
 def _trained(todo: list, args):

@@ -96,6 +96,19 @@ inline float tanh_(float x) { return tanh_approx(x); }
 inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 inline double tanh_(double x) { return std::tanh(x); }
 
+// The loop runs on `threads` threads (0: as many as the process has): set for the call, put back
+// after it, so the process's setting is what it was. One thread keeps a step's work on one core:
+// no fork/join per step, and nothing waits on a thread the OS has descheduled for another process.
+struct ThreadGuard {
+  int before;
+  explicit ThreadGuard(int64_t threads) : before(at::get_num_threads()) {
+    if (threads > 0 && threads != before) at::set_num_threads(static_cast<int>(threads));
+  }
+  ~ThreadGuard() {
+    if (at::get_num_threads() != before) at::set_num_threads(before);
+  }
+};
+
 bool hand_written_pointwise(const at::Tensor& t) {
   return t.device().is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble);
 }
@@ -144,23 +157,72 @@ void forward_cell(const T* pre, T* gates, const T* c_prev, T* c_next, T* tanh_c,
   });
 }
 
-// out [B, N] = addend + x [B, K] @ w [K, N], w row-major: the inner loop is an axpy over a
-// contiguous row, which the compiler vectorises. Forward: w = W_h^T [H, 4H]; backward: W_hh [4H, H].
+// out [B, N] = addend + x [B, K] @ w [K, N], w row-major (forward: w = W_h^T [H, 4H]; backward: W_hh
+// [4H, H]). Register-blocked: a block of kRows rows x kCols columns of `out` is held in registers
+// while k runs, so each row of w is read once per block of rows instead of once per row; with the
+// weight in cache that is what decides a small-batch step. The column blocks are split over
+// `threads` threads when there are enough of them (a fork/join is a few microseconds).
+template <typename T>
+struct Block {
+  static constexpr int64_t kRows = 4;
+#ifdef __AVX512F__
+  static constexpr int64_t kCols = 64 / sizeof(T) * 2;  // two 64-byte vectors a row: 8 of 32 registers
+#else
+  static constexpr int64_t kCols = 32 / sizeof(T) * 2;  // two 32-byte vectors a row: 8 of 16 registers
+#endif
+};
+
+template <typename T, int64_t R>
+inline void gemm_tile(const T* __restrict addend, const T* __restrict x, const T* __restrict w, T* __restrict out,
+                      int64_t K, int64_t N, int64_t n0, int64_t cols) {
+  constexpr int64_t C = Block<T>::kCols;
+  T acc[R][C];
+  for (int64_t r = 0; r < R; ++r) {
+    for (int64_t n = 0; n < C; ++n) acc[r][n] = (addend != nullptr && n < cols) ? addend[r * N + n0 + n] : T(0);
+  }
+  if (cols == C) {
+    for (int64_t k = 0; k < K; ++k) {
+      const T* __restrict wk = w + k * N + n0;
+      for (int64_t r = 0; r < R; ++r) {
+        const T xk = x[r * K + k];
+        for (int64_t n = 0; n < C; ++n) acc[r][n] += xk * wk[n];
+      }
+    }
+  } else {  // the last, partial column block
+    for (int64_t k = 0; k < K; ++k) {
+      const T* __restrict wk = w + k * N + n0;
+      for (int64_t r = 0; r < R; ++r) {
+        const T xk = x[r * K + k];
+        for (int64_t n = 0; n < cols; ++n) acc[r][n] += xk * wk[n];
+      }
+    }
+  }
+  for (int64_t r = 0; r < R; ++r) {
+    for (int64_t n = 0; n < cols; ++n) out[r * N + n0 + n] = acc[r][n];
+  }
+}
+
 template <typename T>
 void small_gemm_rows(const T* __restrict addend, const T* __restrict x, const T* __restrict w_t, T* __restrict out,
-                     int64_t B, int64_t K, int64_t N) {
-  for (int64_t b = 0; b < B; ++b) {
-    T* o = out + b * N;
-    if (addend != nullptr) {
-      std::memcpy(o, addend + b * N, sizeof(T) * N);
-    } else {
-      std::memset(o, 0, sizeof(T) * N);
+                     int64_t B, int64_t K, int64_t N, int64_t threads = 1) {
+  constexpr int64_t R = Block<T>::kRows, C = Block<T>::kCols;
+  const int64_t blocks = (N + C - 1) / C;
+  auto columns = [=](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const int64_t n0 = j * C, cols = std::min(C, N - n0);
+      int64_t b = 0;
+      for (; b + R <= B; b += R) {
+        gemm_tile<T, R>(addend ? addend + b * N : nullptr, x + b * K, w_t, out + b * N, K, N, n0, cols);
+      }
+      for (; b < B; ++b) {  // the rows left over, one at a time
+        gemm_tile<T, 1>(addend ? addend + b * N : nullptr, x + b * K, w_t, out + b * N, K, N, n0, cols);
+      }
     }
-    for (int64_t k = 0; k < K; ++k) {
-      const T xk = x[b * K + k];
-      const T* w = w_t + k * N;
-      for (int64_t n = 0; n < N; ++n) o[n] += xk * w[n];
-    }
+  };
+  if (threads > 1 && blocks > 1) {
+    at::parallel_for(0, blocks, (blocks + threads - 1) / threads, columns);
+  } else {
+    columns(0, blocks);
   }
 }
 
@@ -202,7 +264,7 @@ void forward_loop_cpu(at::Tensor& gates, at::Tensor& h, at::Tensor& c, at::Tenso
       TORCH_CHECK(packed_out.is_contiguous(), "forward_steps: the prepacked GEMM's result is not contiguous");
       p = packed_out.const_data_ptr<T>();
     } else {
-      small_gemm_rows<T>(g + t * G, hp + t * S, w, scratch, B, H, 4 * H);
+      small_gemm_rows<T>(g + t * G, hp + t * S, w, scratch, B, H, 4 * H, at::get_num_threads());
     }
     forward_cell<T>(p, g + t * G, cp + t * S, cp + (t + 1) * S, tc + t * S, hp + (t + 1) * S, B, H);
   }
@@ -237,8 +299,9 @@ void forward_loop_aten(at::Tensor& gates, at::Tensor& h, at::Tensor& c, at::Tens
 }
 
 void forward_steps(at::Tensor gates, at::Tensor h, at::Tensor c, at::Tensor tanh_c, at::Tensor w_h,
-                   at::Tensor w_h_t, std::optional<at::Tensor> packed, at::Tensor pre, int64_t gemm) {
+                   at::Tensor w_h_t, std::optional<at::Tensor> packed, at::Tensor pre, int64_t gemm, int64_t threads) {
   at::NoGradGuard no_grad;
+  ThreadGuard thread_guard(threads);
   TORCH_CHECK(gates.is_contiguous() && h.is_contiguous() && c.is_contiguous() && tanh_c.is_contiguous() &&
                   pre.is_contiguous() && w_h_t.is_contiguous(),
               "forward_steps: buffers must be contiguous");
@@ -331,7 +394,8 @@ void backward_loop_cpu(const at::Tensor& gates, const at::Tensor& c, const at::T
       dh = packed_linear_add(d_gates[t], t > 0 ? d_out[t - 1] : zeros, *packed);
       TORCH_CHECK(dh.is_contiguous(), "backward_steps: the prepacked GEMM's result is not contiguous");
     } else {
-      small_gemm_rows<T>(t > 0 ? dout + (t - 1) * S : nullptr, da + t * G, w, dh.mutable_data_ptr<T>(), B, 4 * H, H);
+      small_gemm_rows<T>(t > 0 ? dout + (t - 1) * S : nullptr, da + t * G, w, dh.mutable_data_ptr<T>(), B, 4 * H, H,
+                         at::get_num_threads());
     }
   }
 }
@@ -383,8 +447,9 @@ void backward_loop_aten(const at::Tensor& gates, const at::Tensor& c, const at::
 std::tuple<at::Tensor, at::Tensor> backward_steps(at::Tensor gates, at::Tensor c, at::Tensor tanh_c,
                                                   at::Tensor d_gates, at::Tensor dh, at::Tensor dc, at::Tensor d_out,
                                                   at::Tensor w_hh, std::optional<at::Tensor> packed,
-                                                  std::optional<double> gate_clip, int64_t gemm) {
+                                                  std::optional<double> gate_clip, int64_t gemm, int64_t threads) {
   at::NoGradGuard no_grad;
+  ThreadGuard thread_guard(threads);
   TORCH_CHECK(gates.is_contiguous() && c.is_contiguous() && tanh_c.is_contiguous() && d_gates.is_contiguous() &&
                   d_out.is_contiguous() && w_hh.is_contiguous(),
               "backward_steps: buffers must be contiguous");

@@ -1,0 +1,174 @@
+"""How `fused` runs on this machine, chosen by measuring it here (as cuDNN picks its algorithms).
+
+The fastest per-step product differs by CPU, not only by size: MKL's packed GEMM was best on an
+Intel Xeon and far from it on an AMD EPYC. So at construction `fused` times every way it can run a
+problem's shape, forward and backward, on a short version of the problem (at most TUNING_STEPS
+steps: everything in `fused` is per step or linear in the steps), and takes the fastest:
+
+- the per-step product: the C++ loop's own register-blocked kernel, MKL's packed GEMM, oneDNN's
+  prepacked one, or ATen's addmm;
+- the threads of the whole call: one, or all the process has. More threads must win by MARGIN to
+  be chosen: a step's fork/join waits on every thread, and a thread the OS has given to another
+  process's work stalls each step (on 2 cores beside one busy process the two-thread loop lost 78 %
+  of its rate);
+- the big GEMMs (input projection of all steps, dx): oneDNN-prepacked or ATen's.
+
+Candidates run in turns, each round every candidate once, so a change of load hits all alike; a
+candidate's time is its fastest round (a round repeats a tiny call until it lasts MIN_MEASURE_SECONDS).
+The choice is cached per machine (CPU model, vector capability, torch, threads, the loop's source),
+shape and candidate set in a JSON file (LSTM_HARNESS_TUNING_CACHE, default
+~/.cache/lstm-harness/fused-tuning.json), so later runs skip the measuring; the measuring is part of
+construction, so its cost is in the report's Setup column. LSTM_HARNESS_NO_TUNING=1 runs
+the fixed rule instead (impls.fused.FusedLSTM.default_plan).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+VERSION = 1  # bump when what is measured changes: older entries are then measured again
+TUNING_STEPS = 10
+ROUNDS = 3
+MARGIN = 1.2
+MIN_MEASURE_SECONDS = 2e-3  # a measurement repeats a candidate's call until it lasts about this long
+CACHE_VARIABLE = "LSTM_HARNESS_TUNING_CACHE"
+DISABLE_VARIABLE = "LSTM_HARNESS_NO_TUNING"
+STEP_NAMES = {0: "ATen addmm", 1: "oneDNN-prepacked GEMM", 2: "own blocked kernel", 3: "MKL packed GEMM"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one `fused` instance runs."""
+
+    step: int  # the per-step product (impls.fused GEMM_*)
+    threads: int  # threads of the whole call; 0: as many as the process has
+    big_packed: bool  # the big GEMMs on oneDNN-prepacked weights
+
+    def label(self) -> str:
+        threads = "the process's threads" if self.threads == 0 else f"{self.threads} thread(s)"
+        big = "oneDNN-prepacked" if self.big_packed else "ATen"
+        return f"per-step products: {STEP_NAMES[self.step]}, {threads}; big GEMMs: {big}"
+
+
+@dataclass(frozen=True)
+class Tuned:
+    plan: Plan
+    seconds: dict[str, float]  # each candidate's fastest round (s), by Plan.label()
+    cached: bool  # True: read from the cache, not measured in this process
+
+
+_memory: dict[str, Tuned] = {}
+
+
+def tuning_enabled() -> bool:
+    return os.environ.get(DISABLE_VARIABLE, "") in ("", "0")
+
+
+def cache_path() -> Path:
+    return Path(os.environ.get(CACHE_VARIABLE) or Path.home() / ".cache" / "lstm-harness" / "fused-tuning.json")
+
+
+def machine_key() -> str:
+    """What makes a choice this machine's: the CPU, its vector capability, torch, the threads, the loop."""
+    from harness.measuring.environment import cpu_model
+    from impls.native import SOURCE
+
+    source = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    return (f"v{VERSION}|{cpu_model()}|{torch.backends.cpu.get_cpu_capability()}|torch {torch.__version__}|"
+            f"{torch.get_num_threads()} threads|loop {source}")
+
+
+def shape_key(problem) -> str:
+    return (f"B{problem.batch}-T{min(problem.length, TUNING_STEPS)}-I{problem.input_size}-H{problem.hidden}-"
+            f"L{problem.layers}-{problem.dtype}-{problem.device}")
+
+
+def key_for(problem, candidates: list[Plan]) -> str:
+    """The cache's key: the machine, the shape and the candidates (a subclass may offer fewer)."""
+    offered = hashlib.sha256(repr(sorted(candidates, key=repr)).encode()).hexdigest()[:8]
+    return f"{machine_key()}|{shape_key(problem)}|candidates {offered}"
+
+
+def lookup(problem, candidates: list[Plan]) -> Tuned | None:
+    """The choice for `problem` among `candidates` if this process or the cache has one (no measuring)."""
+    key = key_for(problem, candidates)
+    if key in _memory:
+        return _memory[key]
+    entry = _read_cache().get(key)
+    if entry is None:
+        return None
+    try:
+        tuned = Tuned(Plan(**entry["plan"]), dict(entry["seconds"]), cached=True)
+    except (TypeError, KeyError, ValueError):
+        return None  # an entry of another shape of file: measured again
+    _memory[key] = tuned
+    return tuned
+
+
+def tune(problem, candidates: list[Plan], run_for: Callable[[Plan], Callable[[], None]],
+         timer: Callable[[], float] = time.perf_counter, rounds: int = ROUNDS) -> Tuned:
+    """The cached choice, or measure every candidate (run_for(plan) gives a call that runs one
+    forward and backward) and keep the fastest by the rule in the module's docstring."""
+    known = lookup(problem, candidates)
+    if known is not None and known.plan in candidates:
+        return known
+    runs = {plan: run_for(plan) for plan in candidates}
+    repeats = {}
+    for plan, run in runs.items():  # warm-up: first-touch allocations, packing, caches; and the repeats
+        start = timer()
+        run()
+        repeats[plan] = max(1, min(1000, round(MIN_MEASURE_SECONDS / max(timer() - start, 1e-9))))
+    best = {plan: float("inf") for plan in candidates}
+    for _ in range(rounds):
+        for plan, run in runs.items():
+            start = timer()
+            for _ in range(repeats[plan]):
+                run()
+            best[plan] = min(best[plan], (timer() - start) / repeats[plan])
+    plan = choose(best)
+    tuned = Tuned(plan, {p.label(): s for p, s in best.items()}, cached=False)
+    key = key_for(problem, candidates)
+    _memory[key] = tuned
+    _write_cache(key, tuned)
+    return tuned
+
+
+def choose(seconds: dict[Plan, float]) -> Plan:
+    fastest = min(seconds, key=seconds.get)
+    single = [p for p in seconds if p.threads == 1]
+    if fastest.threads != 1 and single:
+        fastest_single = min(single, key=seconds.get)
+        if seconds[fastest] * MARGIN > seconds[fastest_single]:
+            return fastest_single
+    return fastest
+
+
+def _read_cache() -> dict:
+    try:
+        data = json.loads(cache_path().read_text())
+    except (OSError, ValueError):
+        return {}  # none yet, unreadable or corrupt: a cache, measured again and rewritten
+    return data if isinstance(data, dict) else {}
+
+
+def _write_cache(key: str, tuned: Tuned) -> None:
+    path = cache_path()
+    data = _read_cache()
+    data[key] = {"plan": asdict(tuned.plan), "seconds": tuned.seconds,
+                 "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        partial.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        partial.replace(path)  # whole or not at all, also with two processes writing
+    except OSError:
+        pass  # a read-only home: the choice is kept in this process only

@@ -1,0 +1,157 @@
+"""`fused` chooses how it runs by measuring (impls/fused_tuning.py): every candidate is right, the
+fastest is kept (more threads only by a clear margin), the choice is cached per machine and shape,
+and a call leaves the process's thread count as it found it."""
+
+import json
+
+import pytest
+import torch
+
+from harness.contract.agreement import check_agreement
+from harness.contract.problem import Problem
+from impls import fused_tuning
+from impls.fused import GEMM_ATEN, GEMM_LOOP, GEMM_MKL, GEMM_PACKED, FusedLSTM
+from impls.fused_tuning import MARGIN, Plan
+
+# Shapes that leave partial blocks in the loop's own kernel: rows not a multiple of 4 (3, 6), columns
+# not a multiple of its block (4H = 92, 280), and one column block only (4H = 60).
+PROBLEMS = [
+    Problem(batch=1, length=5, input_size=1, hidden=15, layers=1),
+    Problem(batch=3, length=6, input_size=5, hidden=23, layers=3, dtype="float64"),
+    Problem(batch=6, length=4, input_size=40, hidden=70, layers=2),
+]
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(fused_tuning.CACHE_VARIABLE, str(tmp_path / "tuning.json"))
+    monkeypatch.setattr(fused_tuning, "_memory", {})
+
+
+@pytest.mark.parametrize("problem", PROBLEMS, ids=lambda p: p.id)
+def test_every_candidate_plan_agrees_with_the_reference(problem):
+    candidates = FusedLSTM.candidates(problem, native=True)
+    steps = {p.step for p in candidates}
+    assert {GEMM_LOOP, GEMM_ATEN} <= steps
+    if problem.dtype == "float32" and torch.backends.mkldnn.is_available():
+        assert GEMM_PACKED in steps
+    if torch.get_num_threads() > 1:
+        assert {p.threads for p in candidates} == {1, torch.get_num_threads()}
+    for plan in candidates:
+        pinned = type("Pinned", (FusedLSTM,), {"fixed_plan": plan})
+        agreement, impl = check_agreement(pinned, problem)
+        assert impl.plan == plan
+        assert agreement.passed, f"{plan}: {agreement.summary()}\n{agreement.table()}"
+
+
+def test_the_blocked_kernel_on_two_threads_agrees_where_it_splits_columns():
+    problem = Problem(batch=5, length=3, input_size=8, hidden=96, layers=1)  # 4H = 384: 12 column blocks
+    agreement, _ = check_agreement(type("Two", (FusedLSTM,), {"fixed_plan": Plan(GEMM_LOOP, 2, False)}), problem)
+    assert agreement.passed, agreement.table()
+
+
+class FakeClock:
+    """Each call of a candidate advances the clock by its cost."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _runs(clock, costs):
+    calls = {plan: 0 for plan in costs}
+
+    def run_for(plan):
+        def run():
+            calls[plan] += 1
+            clock.now += costs[plan]
+        return run
+    return run_for, calls
+
+
+ONE, TWO, OTHER = Plan(GEMM_LOOP, 1, False), Plan(GEMM_LOOP, 2, False), Plan(GEMM_ATEN, 1, False)
+PROBLEM = Problem(batch=2, length=30, input_size=3, hidden=8, layers=1)
+
+
+@pytest.mark.parametrize(("two_threads", "chosen"), [
+    (0.010 / (MARGIN * 1.05), TWO),  # more than the margin faster: chosen
+    (0.010 / (MARGIN * 0.95), ONE),  # faster, but by less than the margin: one thread keeps it
+])
+def test_the_fastest_is_chosen_and_more_threads_only_by_a_margin(two_threads, chosen):
+    clock = FakeClock()
+    run_for, calls = _runs(clock, {ONE: 0.010, TWO: two_threads, OTHER: 0.030})
+    tuned = fused_tuning.tune(PROBLEM, [ONE, TWO, OTHER], run_for, timer=clock)
+    assert tuned.plan == chosen and not tuned.cached
+    assert tuned.seconds[OTHER.label()] == pytest.approx(0.030)
+    assert all(n == 1 + fused_tuning.ROUNDS for n in calls.values())  # warm-up, then every round, in turns
+
+
+def test_a_tiny_call_is_repeated_until_a_measurement_lasts():
+    clock = FakeClock()
+    run_for, calls = _runs(clock, {ONE: 1e-5, OTHER: 3e-5})
+    tuned = fused_tuning.tune(PROBLEM, [ONE, OTHER], run_for, timer=clock)
+    assert tuned.plan == ONE and calls[ONE] == 1 + fused_tuning.ROUNDS * 200
+    assert tuned.seconds[ONE.label()] == pytest.approx(1e-5)
+
+
+def test_the_choice_is_cached_per_machine_and_shape_and_read_back(monkeypatch):
+    clock = FakeClock()
+    run_for, calls = _runs(clock, {ONE: 0.01, OTHER: 0.02})
+    fused_tuning.tune(PROBLEM, [ONE, OTHER], run_for, timer=clock)
+    data = json.loads(fused_tuning.cache_path().read_text())
+    (key, entry), = data.items()
+    assert key.startswith(f"v{fused_tuning.VERSION}|") and "B2-T10-I3-H8-L1-float32-cpu" in key
+    assert f"{torch.get_num_threads()} threads" in key and torch.__version__ in key
+    assert entry["plan"] == {"step": GEMM_LOOP, "threads": 1, "big_packed": False}
+    monkeypatch.setattr(fused_tuning, "_memory", {})  # a later process
+    run_for, calls = _runs(clock, {ONE: 0.01, OTHER: 0.02})
+    again = fused_tuning.tune(PROBLEM, [ONE, OTHER], run_for, timer=clock)
+    assert again.plan == ONE and again.cached and sum(calls.values()) == 0  # nothing measured
+    # Another shape, or another set of candidates, is measured on its own.
+    run_for, calls = _runs(clock, {ONE: 0.01, OTHER: 0.02})
+    fused_tuning.tune(PROBLEM.replace(batch=3), [ONE, OTHER], run_for, timer=clock)
+    fused_tuning.tune(PROBLEM, [ONE], run_for, timer=clock)
+    assert calls[ONE] > 0 and len(json.loads(fused_tuning.cache_path().read_text())) == 3
+
+
+def test_a_corrupt_cache_is_measured_again_and_rewritten():
+    fused_tuning.cache_path().write_text("{not json")
+    clock = FakeClock()
+    run_for, calls = _runs(clock, {ONE: 0.02, OTHER: 0.01})
+    assert fused_tuning.tune(PROBLEM, [ONE, OTHER], run_for, timer=clock).plan == OTHER
+    assert len(json.loads(fused_tuning.cache_path().read_text())) == 1
+
+
+def test_construction_tunes_labels_and_leaves_the_thread_count_alone(small):
+    from harness.contract.inputs import make_inputs
+
+    before = torch.get_num_threads()
+    inputs = make_inputs(small)
+    impl = FusedLSTM(small, inputs.weights)
+    assert impl.plan in FusedLSTM.candidates(small, native=True)
+    label = FusedLSTM.backend(small)
+    assert impl.plan.label() in label and "chosen by measuring here" in label
+    pinned = type("OneThread", (FusedLSTM,), {"fixed_plan": Plan(GEMM_LOOP, 1, False)})(small, inputs.weights)
+    pinned.forward(inputs.x, inputs.h0, inputs.c0)
+    pinned.backward(inputs.dy, inputs.dh_n, inputs.dc_n)
+    assert torch.get_num_threads() == before
+
+
+def test_without_tuning_the_fixed_rule_runs(monkeypatch, small):
+    monkeypatch.setenv(fused_tuning.DISABLE_VARIABLE, "1")
+    assert FusedLSTM.candidates(small, native=True) == []
+    from harness.contract.inputs import make_inputs
+
+    impl = FusedLSTM(small, make_inputs(small).weights)
+    assert impl.plan == FusedLSTM.default_plan(small, native=True)
+    assert not fused_tuning.cache_path().exists()
+    assert "chosen by measuring" not in FusedLSTM.backend(small)
+
+
+def test_mkl_is_a_candidate_only_where_torch_has_it(small):
+    from impls.native import native_steps
+
+    steps = {p.step for p in FusedLSTM.candidates(small, native=True)}
+    assert (GEMM_MKL in steps) == (native_steps().ops.has_mkl_packed_gemm() and torch.backends.mkldnn.is_available())
