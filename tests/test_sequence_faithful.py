@@ -158,3 +158,14 @@ def test_runs_in_worker_processes_give_what_one_process_gives(tmp_path):
         torch.set_num_threads(threads)
     assert _loss_files(tmp_path / "one") == _loss_files(tmp_path / "two")
     assert json.loads((tmp_path / "two" / "lstm_short-fused-seed1.json").read_text())["jobs"] == 2
+
+
+def test_a_worker_whose_command_has_ended_stops():
+    import os
+
+    from harness.example.command import _stop_if_orphaned
+
+    _stop_if_orphaned({"parent_pid": os.getppid()})  # its command is alive: goes on
+    _stop_if_orphaned({})  # not a worker
+    with pytest.raises(SystemExit, match="that started this run has ended"):
+        _stop_if_orphaned({"parent_pid": os.getppid() + 100000})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -161,6 +162,7 @@ def _train(cls, config, seed: int, settings: dict) -> dict:
                 start = time.perf_counter()
             if trainer.iteration % 50 == 0:
                 bar.set_postfix(loss=f"{running:.5f}")
+                _stop_if_orphaned(settings)
     seconds = time.perf_counter() - start  # the iterations after the first
     counted = iters - 1
     target = target_sequence(config.length, net.w_out.dtype, settings["device"])
@@ -172,6 +174,13 @@ def _train(cls, config, seed: int, settings: dict) -> dict:
             "first_iteration_seconds": first_seconds, "threads": torch.get_num_threads(),
             "machine": environment.device_name(environment.describe(settings["device"])),
             "it_per_s": counted / seconds if counted > 0 and seconds > 0 else 1 / first_seconds}
+
+
+def _stop_if_orphaned(settings: dict) -> None:
+    """A worker whose command has ended (killed, say) stops instead of training on for nobody."""
+    parent = settings.get("parent_pid")
+    if parent is not None and os.getppid() != parent:
+        raise SystemExit(f"the command (process {parent}) that started this run has ended")
 
 
 def _train_in_worker(config_name: str, impl_name: str, plugins: list[str], seed: int, settings: dict) -> dict:
@@ -300,6 +309,7 @@ def _trained(todo: list, args):
     # spawn, not fork: a forked child inherits the parent's thread pools mid-state.
     pool = ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"))
     try:
+        settings = dict(settings, parent_pid=os.getpid())
         futures = [pool.submit(_train_in_worker, config.name, cls.name, list(args.plugins), seed, settings)
                    for config, cls, seed in todo]
         for (config, cls, _), future in zip(todo, futures, strict=True):
