@@ -108,6 +108,18 @@ class MklPacked:
         self.ops.mkl_pack(self.w, self.batch, self.transposed, self.packed)
 
 
+class OwnPacked:
+    """A weight [K, N] packed into the C++ loop's own column-block layout (own_pack): the per-step
+    products of its own kernel read it in order."""
+
+    def __init__(self, ops, w: torch.Tensor) -> None:
+        self.ops, self.w = ops, w
+        self.packed = ops.own_pack(w, None)
+
+    def refresh(self) -> None:
+        self.ops.own_pack(self.w, self.packed)
+
+
 class _Layer:
     """One layer's weights (forward: fused gate order; backward: canonical, transposed), its
     per-step GEMMs and activation buffers. Every weight tensor is the layer's own, so set_weights
@@ -124,7 +136,7 @@ class _Layer:
         self.w_h_rows = w_h.t().clone(memory_format=torch.contiguous_format)
         self.w_hh = canonical.w_hh.clone(memory_format=torch.contiguous_format)
         self.forward_gemm = self.backward_gemm = self.input_gemm = self.dx_gemm = None
-        self.mkl = None
+        self.step_weights = None
         self.shape = None
 
     def load(self, w_x, w_h, bias, canonical: LayerWeights) -> None:
@@ -136,7 +148,7 @@ class _Layer:
             if mine.shape != new.shape:  # copy_ would broadcast a wrong shape silently
                 raise ValueError(f"set_weights: a weight of shape {tuple(new.shape)}, expected {tuple(mine.shape)}")
             mine.copy_(new)
-        for gemm in (self.forward_gemm, self.backward_gemm, self.input_gemm, self.dx_gemm, *(self.mkl or ())):
+        for gemm in (self.forward_gemm, self.backward_gemm, self.input_gemm, self.dx_gemm, *(self.step_weights or ())):
             if gemm is not None:
                 gemm.refresh()
 
@@ -156,8 +168,11 @@ class _Layer:
             step_packed = plan.step == GEMM_PACKED
             self.forward_gemm = Gemm(self.w_h, B, step_packed)  # h_{t-1} @ W_h^T
             self.backward_gemm = Gemm(self.w_h_t, B, step_packed)  # dA_t @ W_h
-            self.mkl = ((MklPacked(ops, self.w_h, B, True), MklPacked(ops, self.w_hh, B, False))
-                        if plan.step == GEMM_MKL else None)
+            # The step's packed weights, forward then backward: MKL's, or the loop kernel's own layout.
+            self.step_weights = ((MklPacked(ops, self.w_h, B, True), MklPacked(ops, self.w_hh, B, False))
+                        if plan.step == GEMM_MKL else
+                        (OwnPacked(ops, self.w_h_rows), OwnPacked(ops, self.w_hh))
+                        if plan.step == GEMM_LOOP and ops is not None else None)
         self.input_gemm = Gemm(self.w_x, T * B, plan.big_packed, bias=self.bias)  # X @ W_x^T + b, all steps
         self.dx_gemm = Gemm(self.w_x_t, T * B, plan.big_packed)  # dA @ W_x, all steps
         self.shape = (T, B)
@@ -350,7 +365,7 @@ class FusedLSTM(Impl):
         """The recurrence of one layer: gates hold the input projections; fills gates (activated),
         h[1:], c[1:] and tanh_c."""
         if self.native is not None:
-            packed = layer.mkl[0].packed if layer.mkl else layer.forward_gemm.packed
+            packed = layer.step_weights[0].packed if layer.step_weights else layer.forward_gemm.packed
             self.native.forward_steps(layer.gates, layer.h, layer.c, layer.tanh_c, layer.w_h, layer.w_h_rows,
                                       packed, layer.pre, self.plan.step, self.plan.threads)
             return
@@ -398,7 +413,7 @@ class FusedLSTM(Impl):
         that it may overwrite (the C++ loop and the Triton kernels do): fills d_gates
         (dA in canonical order i, f, g, o) and returns dh_0, dc_0. `d_out` is dy of this layer."""
         if self.native is not None:
-            packed = layer.mkl[1].packed if layer.mkl else layer.backward_gemm.packed
+            packed = layer.step_weights[1].packed if layer.step_weights else layer.backward_gemm.packed
             return self.native.backward_steps(layer.gates, layer.c, layer.tanh_c, layer.d_gates, dh, dc,
                                               d_out.contiguous(), layer.w_hh, packed, gate_clip, self.plan.step,
                                               self.plan.threads)

@@ -226,6 +226,117 @@ void small_gemm_rows(const T* __restrict addend, const T* __restrict x, const T*
   }
 }
 
+// The same product on a weight packed by own_pack: column block j of w is a contiguous [K, kCols]
+// slab (zero-padded past N), so a block streams through memory in order instead of striding N
+// elements per k (which costs a TLB entry per row of w at hidden 512).
+// One vector register of T: GCC's vector extension, which the compiler maps to the machine's registers
+// (split in two where the target's are half as wide).
+#ifdef __AVX512F__
+constexpr int64_t kVecBytes = 64;
+#else
+constexpr int64_t kVecBytes = 32;
+#endif
+#ifdef __AVX512F__
+constexpr int64_t kWideRows = 12;  // 24 accumulators + 2 weights of 32 registers
+#else
+constexpr int64_t kWideRows = 6;  // 12 accumulators + 2 weights of 16 registers
+#endif
+template <typename T>
+struct VecOf {
+  typedef T type __attribute__((vector_size(kVecBytes)));
+};
+
+template <typename T, int64_t R>
+inline void packed_tile(const T* __restrict addend, const T* __restrict x, const T* __restrict slab, T* __restrict out,
+                        int64_t K, int64_t N, int64_t n0, int64_t cols) {
+  using V = typename VecOf<T>::type;
+  constexpr int64_t L = kVecBytes / static_cast<int64_t>(sizeof(T)), C = Block<T>::kCols;
+  static_assert(C == 2 * L, "a column block is two vector registers");
+  V acc[R][2];  // R x C accumulators in 2R registers
+  for (int64_t r = 0; r < R; ++r) {
+    T start[C];
+    for (int64_t n = 0; n < C; ++n) start[n] = (addend != nullptr && n < cols) ? addend[r * N + n0 + n] : T(0);
+    std::memcpy(&acc[r][0], start, sizeof(V));
+    std::memcpy(&acc[r][1], start + L, sizeof(V));
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    V w0, w1;
+    std::memcpy(&w0, slab + k * C, sizeof(V));
+    std::memcpy(&w1, slab + k * C + L, sizeof(V));
+#pragma GCC unroll 12
+    for (int64_t r = 0; r < R; ++r) {
+      const T xk = x[r * K + k];
+      acc[r][0] += xk * w0;
+      acc[r][1] += xk * w1;
+    }
+  }
+  for (int64_t r = 0; r < R; ++r) {
+    T result[C];
+    std::memcpy(result, &acc[r][0], sizeof(V));
+    std::memcpy(result + L, &acc[r][1], sizeof(V));
+    for (int64_t n = 0; n < cols; ++n) out[r * N + n0 + n] = result[n];
+  }
+}
+
+template <typename T>
+void packed_gemm_rows(const T* __restrict addend, const T* __restrict x, const T* __restrict packed, T* __restrict out,
+                      int64_t B, int64_t K, int64_t N, int64_t threads) {
+  constexpr int64_t R = Block<T>::kRows, C = Block<T>::kCols;
+  const int64_t blocks = (N + C - 1) / C;
+  auto columns = [=](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const int64_t n0 = j * C, cols = std::min(C, N - n0);
+      const T* slab = packed + j * K * C;
+      int64_t b = 0;
+      // As many rows a pass over the slab as the registers hold (2 per row), then 4, then one by one.
+      for (; b + kWideRows <= B; b += kWideRows) {
+        packed_tile<T, kWideRows>(addend ? addend + b * N : nullptr, x + b * K, slab, out + b * N, K, N, n0, cols);
+      }
+      for (; b + R <= B; b += R) {
+        packed_tile<T, R>(addend ? addend + b * N : nullptr, x + b * K, slab, out + b * N, K, N, n0, cols);
+      }
+      for (; b < B; ++b) {
+        packed_tile<T, 1>(addend ? addend + b * N : nullptr, x + b * K, slab, out + b * N, K, N, n0, cols);
+      }
+    }
+  };
+  if (threads > 1 && blocks > 1) {
+    at::parallel_for(0, blocks, (blocks + threads - 1) / threads, columns);
+  } else {
+    columns(0, blocks);
+  }
+}
+
+// Whether `packed` is own_pack's layout of a [K, N] weight of `like`'s dtype.
+bool own_packed_fits(const at::Tensor& packed, const at::Tensor& like, int64_t K, int64_t N) {
+  if (packed.scalar_type() != like.scalar_type() || !packed.is_contiguous() || packed.dim() != 3) return false;
+  const int64_t C = packed.size(2);
+  return packed.size(0) == (N + C - 1) / C && packed.size(1) == K &&
+         C == (like.scalar_type() == at::kFloat ? Block<float>::kCols : Block<double>::kCols);
+}
+
+// w [K, N] into column-block slabs [ceil(N / kCols), K, kCols], zero-padded: the layout packed_gemm_rows reads.
+// Into `out` when given (a weight changed in place).
+at::Tensor own_pack(at::Tensor w, std::optional<at::Tensor> out) {
+  TORCH_CHECK(w.device().is_cpu() && w.dim() == 2 && w.is_contiguous() &&
+                  (w.scalar_type() == at::kFloat || w.scalar_type() == at::kDouble),
+              "own_pack: a contiguous 2-d float32/float64 CPU weight [K, N]");
+  const int64_t K = w.size(0), N = w.size(1);
+  int64_t C = 0;
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "own_pack", [&] { C = Block<scalar_t>::kCols; });
+  const int64_t blocks = (N + C - 1) / C;
+  at::Tensor dest = out.has_value() ? *out : at::empty({blocks, K, C}, w.options());
+  TORCH_CHECK(dest.sizes() == at::IntArrayRef({blocks, K, C}) && dest.is_contiguous() &&
+                  dest.scalar_type() == w.scalar_type(),
+              "own_pack: the packed buffer does not fit the weight");
+  dest.zero_();
+  for (int64_t j = 0; j < blocks; ++j) {
+    const int64_t cols = std::min(C, N - j * C);
+    dest[j].narrow(1, 0, cols).copy_(w.narrow(1, j * C, cols));
+  }
+  return dest;
+}
+
 at::Tensor packed_linear_add(const at::Tensor& x, const at::Tensor& addend, const at::Tensor& packed) {
   // mkldnn::_linear_pointwise.binary: x @ W^T + addend on a weight prepacked by
   // mkldnn::_reorder_linear_weight, the same call impls/fused.py makes from Python.
@@ -263,6 +374,9 @@ void forward_loop_cpu(at::Tensor& gates, at::Tensor& h, at::Tensor& c, at::Tenso
       packed_out = packed_linear_add(h[t], gates[t], *packed);
       TORCH_CHECK(packed_out.is_contiguous(), "forward_steps: the prepacked GEMM's result is not contiguous");
       p = packed_out.const_data_ptr<T>();
+    } else if (packed.has_value()) {
+      packed_gemm_rows<T>(g + t * G, hp + t * S, packed->const_data_ptr<T>(), scratch, B, H, 4 * H,
+                          at::get_num_threads());
     } else {
       small_gemm_rows<T>(g + t * G, hp + t * S, w, scratch, B, H, 4 * H, at::get_num_threads());
     }
@@ -316,6 +430,8 @@ void forward_steps(at::Tensor gates, at::Tensor h, at::Tensor c, at::Tensor tanh
               "forward_steps: MKL's packed GEMM is for float32, with MKL");
   const bool fused_pointwise = hand_written_pointwise(gates);
   TORCH_CHECK(gemm != kLoop || fused_pointwise, "forward_steps: the loop GEMM is for CPU float32/float64");
+  TORCH_CHECK(gemm != kLoop || !packed.has_value() || own_packed_fits(*packed, gates, H, 4 * H),
+              "forward_steps: the own-packed weight does not fit W_h^T [H, 4H]");
   if (fused_pointwise && gemm != kAten) {
     AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "forward_loop_cpu", [&] {
       forward_loop_cpu<scalar_t>(gates, h, c, tanh_c, w_h_t, packed, pre, gemm);
@@ -393,6 +509,9 @@ void backward_loop_cpu(const at::Tensor& gates, const at::Tensor& c, const at::T
     if (gemm == kPacked) {
       dh = packed_linear_add(d_gates[t], t > 0 ? d_out[t - 1] : zeros, *packed);
       TORCH_CHECK(dh.is_contiguous(), "backward_steps: the prepacked GEMM's result is not contiguous");
+    } else if (packed.has_value()) {
+      packed_gemm_rows<T>(t > 0 ? dout + (t - 1) * S : nullptr, da + t * G, packed->const_data_ptr<T>(),
+                          dh.mutable_data_ptr<T>(), B, 4 * H, H, at::get_num_threads());
     } else {
       small_gemm_rows<T>(t > 0 ? dout + (t - 1) * S : nullptr, da + t * G, w, dh.mutable_data_ptr<T>(), B, 4 * H, H,
                          at::get_num_threads());
@@ -468,6 +587,8 @@ std::tuple<at::Tensor, at::Tensor> backward_steps(at::Tensor gates, at::Tensor c
   TORCH_CHECK(dh.is_contiguous() && dc.is_contiguous(), "backward_steps: dh and dc must be contiguous");
   const bool fused_pointwise = hand_written_pointwise(gates);
   TORCH_CHECK(gemm != kLoop || fused_pointwise, "backward_steps: the loop GEMM is for CPU float32/float64");
+  TORCH_CHECK(gemm != kLoop || !packed.has_value() || own_packed_fits(*packed, gates, 4 * H, H),
+              "backward_steps: the own-packed weight does not fit W_hh [4H, H]");
   if (fused_pointwise && gemm != kAten) {
     AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "backward_loop_cpu", [&] {
       backward_loop_cpu<scalar_t>(gates, c, tanh_c, d_gates, dh, dc, d_out, w_hh, packed, gate_clip.has_value(),
@@ -500,6 +621,30 @@ at::Tensor mkl_pack(at::Tensor w, int64_t m, bool transposed, std::optional<at::
 
 bool has_mkl_packed_gemm() { return mkl_packed_available(); }
 
+// x [B, K] @ w [K, N] (+ addend [B, N]) by the loop's own kernel: for tests, and to time the kernel alone.
+at::Tensor own_product(at::Tensor x, at::Tensor w, std::optional<at::Tensor> addend, int64_t threads,
+                       std::optional<at::Tensor> packed) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(0) && x.is_contiguous() &&
+                  w.is_contiguous() && x.scalar_type() == w.scalar_type() &&
+                  (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
+              "own_product: contiguous 2-d float32/float64 CPU x [B, K] and w [K, N]");
+  TORCH_CHECK(!addend.has_value() || (addend->sizes() == at::IntArrayRef({x.size(0), w.size(1)}) &&
+                                      addend->is_contiguous() && addend->scalar_type() == x.scalar_type()),
+              "own_product: the addend must be a contiguous [B, N] of x's dtype");
+  at::Tensor out = at::empty({x.size(0), w.size(1)}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "own_product", [&] {
+    const scalar_t* a = addend.has_value() ? addend->const_data_ptr<scalar_t>() : nullptr;
+    if (packed.has_value()) {
+      packed_gemm_rows<scalar_t>(a, x.const_data_ptr<scalar_t>(), packed->const_data_ptr<scalar_t>(),
+                                 out.mutable_data_ptr<scalar_t>(), x.size(0), x.size(1), w.size(1), threads);
+    } else {
+      small_gemm_rows<scalar_t>(a, x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                                out.mutable_data_ptr<scalar_t>(), x.size(0), x.size(1), w.size(1), threads);
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(lstm_harness_steps, m) {
@@ -507,4 +652,6 @@ TORCH_LIBRARY(lstm_harness_steps, m) {
   m.def("backward_steps", &backward_steps);
   m.def("mkl_pack", &mkl_pack);
   m.def("has_mkl_packed_gemm", &has_mkl_packed_gemm);
+  m.def("own_product", &own_product);
+  m.def("own_pack", &own_pack);
 }
