@@ -155,3 +155,25 @@ def test_mkl_is_a_candidate_only_where_torch_has_it(small):
 
     steps = {p.step for p in FusedLSTM.candidates(small, native=True)}
     assert (GEMM_MKL in steps) == (native_steps().ops.has_mkl_packed_gemm() and torch.backends.mkldnn.is_available())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("rows", "k", "n"), [(1, 15, 60), (3, 23, 92), (7, 70, 280), (17, 33, 40), (25, 64, 100)])
+def test_the_loops_own_kernel_is_a_matrix_product(dtype, rows, k, n):
+    """Every tiling (12 or 6 rows, 4, one by one; a partial column block) on both layouts and thread counts."""
+    from impls.native import native_steps
+
+    ops = native_steps().ops
+    gen = torch.Generator().manual_seed(rows * 1000 + n)
+    x, w, addend = (torch.randn(*s, generator=gen, dtype=dtype) for s in ((rows, k), (k, n), (rows, n)))
+    packed = ops.own_pack(w, None)
+    expected = (addend.double() + x.double() @ w.double())
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for threads in (1, 2):
+        for weight in (packed, None):
+            got = ops.own_product(x, w, addend, threads, weight)
+            assert float((got.double() - expected).norm() / expected.norm()) < tol, (threads, weight is None)
+    plain = ops.own_product(x, w, None, 1, packed)
+    assert torch.allclose(plain.double(), x.double() @ w.double(), rtol=tol, atol=tol)
+    with pytest.raises(RuntimeError, match="own_pack"):
+        ops.own_pack(w.t(), None)  # not contiguous
