@@ -37,7 +37,7 @@ import torch
 
 VERSION = 1  # bump when what is measured changes: older entries are then measured again
 TUNING_STEPS = 10
-ROUNDS = 3
+ROUNDS = 5
 MARGIN = 1.2
 MIN_MEASURE_SECONDS = 2e-3  # a measurement repeats a candidate's call until it lasts about this long
 CACHE_VARIABLE = "LSTM_HARNESS_TUNING_CACHE"
