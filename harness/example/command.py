@@ -167,7 +167,9 @@ def _train(cls, config, seed: int, settings: dict) -> dict:
     counted = iters - 1
     target = target_sequence(config.length, net.w_out.dtype, settings["device"])
     prediction = generate(cls, net, config, settings["device"])
-    return {"config": config, "impl": cls, "seed": seed, "lr": lr, "lr_mults": mults,
+    # The label under the run's threads: an implementation that chose its path by measuring names what it chose.
+    backend = cls.backend(problem_for(config, CHUNK, getattr(torch, settings["dtype"]), settings["device"]))
+    return {"config": config, "impl": cls, "seed": seed, "lr": lr, "lr_mults": mults, "backend": backend,
             "clipping": describe_clipping(clipping, settings["norm_clip"]),
             "losses": trainer.losses, "target": target.cpu(), "prediction": prediction.cpu(),
             "nmse": nmse(prediction, target), "seconds": seconds, "setup_seconds": setup_seconds,
@@ -203,7 +205,7 @@ def write_outputs(run: dict, args) -> list[Path]:
     config, cls, seed = run["config"], run["impl"], run["seed"]
     log, losses, *figure = output_paths(config, cls, args, seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    backend = cls.backend(_problem(config, args, CHUNK))  # what trained (generation runs single steps)
+    backend = run["backend"]  # what trained (generation runs single steps)
     training = (f"{args.iters} iterations of {args.optimizer} (lr {run['lr']:g}"
                 f"{', momentum 0.95' if args.optimizer == 'sgd' else ''})")
     biases = "one trained bias a layer (the seed's)" if args.biases == 1 else "two trained biases a layer (b_ih, b_hh)"
