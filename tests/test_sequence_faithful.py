@@ -95,6 +95,7 @@ def test_the_log_header_says_what_trained(tmp_path):
     assert header[4] == ("# network: one trained bias a layer (the seed's); learning-rate multipliers: "
                          "lstm1.bias x2, lstm3.w_hh x0.5, out.bias x2")
     assert header[5].startswith("# ran on CPU: ") and header[6] == "target prediction"
+    assert "(chosen by measuring here" in header[0]  # fused names the path it chose, not "at construction"
     sidecar = json.loads((tmp_path / "deep_lstm_short-fused.json").read_text())
     assert sidecar["biases"] == 1 and sidecar["lr_mults"]["out.bias"] == 2 and sidecar["seed"] == 0
 
