@@ -132,7 +132,7 @@ class _Layer:
         # .contiguous(), which can return the caller's own tensor (W_ih of width 1, say).
         self.w_x_t, self.w_h_t = (w.t().clone(memory_format=torch.contiguous_format)
                                   for w in (canonical.w_ih, canonical.w_hh))  # [I, 4H], [H, 4H]
-        # The C++ loop's own products read rows: W_h^T [H, 4H] (fused order) forward, W_hh [4H, H] backward.
+        # What the C++ loop's own kernel packs (OwnPacked): W_h^T [H, 4H] (fused order) forward, W_hh [4H, H] backward.
         self.w_h_rows = w_h.t().clone(memory_format=torch.contiguous_format)
         self.w_hh = canonical.w_hh.clone(memory_format=torch.contiguous_format)
         self.forward_gemm = self.backward_gemm = self.input_gemm = self.dx_gemm = None
@@ -366,8 +366,8 @@ class FusedLSTM(Impl):
         h[1:], c[1:] and tanh_c."""
         if self.native is not None:
             packed = layer.step_weights[0].packed if layer.step_weights else layer.forward_gemm.packed
-            self.native.forward_steps(layer.gates, layer.h, layer.c, layer.tanh_c, layer.w_h, layer.w_h_rows,
-                                      packed, layer.pre, self.plan.step, self.plan.threads)
+            self.native.forward_steps(layer.gates, layer.h, layer.c, layer.tanh_c, layer.w_h, packed, layer.pre,
+                                      self.plan.step)
             return
         gates = layer.gates
         # Per-step views made in a few calls up front: at small batches the Python cost of
@@ -415,8 +415,7 @@ class FusedLSTM(Impl):
         if self.native is not None:
             packed = layer.step_weights[1].packed if layer.step_weights else layer.backward_gemm.packed
             return self.native.backward_steps(layer.gates, layer.c, layer.tanh_c, layer.d_gates, dh, dc,
-                                              d_out.contiguous(), layer.w_hh, packed, gate_clip, self.plan.step,
-                                              self.plan.threads)
+                                              d_out.contiguous(), layer.w_hh, packed, gate_clip, self.plan.step)
         T, B = layer.shape
         H = self.problem.hidden
         gates, d_gates, c, tanh_c = layer.gates, layer.d_gates, layer.c, layer.tanh_c

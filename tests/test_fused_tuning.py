@@ -160,7 +160,7 @@ def test_mkl_is_a_candidate_only_where_torch_has_it(small):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(("rows", "k", "n"), [(1, 15, 60), (3, 23, 92), (7, 70, 280), (17, 33, 40), (25, 64, 100)])
 def test_the_loops_own_kernel_is_a_matrix_product(dtype, rows, k, n):
-    """Every tiling (12 or 6 rows, 4, one by one; a partial column block) on both layouts and thread counts."""
+    """Every tiling (12 or 6 rows, 4, one by one; a partial column block) on both thread counts."""
     from impls.native import native_steps
 
     ops = native_steps().ops
@@ -170,10 +170,11 @@ def test_the_loops_own_kernel_is_a_matrix_product(dtype, rows, k, n):
     expected = (addend.double() + x.double() @ w.double())
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     for threads in (1, 2):
-        for weight in (packed, None):
-            got = ops.own_product(x, w, addend, threads, weight)
-            assert float((got.double() - expected).norm() / expected.norm()) < tol, (threads, weight is None)
-    plain = ops.own_product(x, w, None, 1, packed)
+        got = ops.own_product(x, packed, n, addend, threads)
+        assert float((got.double() - expected).norm() / expected.norm()) < tol, threads
+    plain = ops.own_product(x, packed, n, None, 1)
     assert torch.allclose(plain.double(), x.double() @ w.double(), rtol=tol, atol=tol)
     with pytest.raises(RuntimeError, match="own_pack"):
         ops.own_pack(w.t(), None)  # not contiguous
+    with pytest.raises(RuntimeError, match="own_product"):
+        ops.own_product(x, packed, n + 64, None, 1)  # the packing of another width

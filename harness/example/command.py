@@ -246,10 +246,10 @@ def write_outputs(run: dict, args) -> list[Path]:
     return written
 
 
-def _problem(config, args, length: int = 1):
+def _problem(config, args):
     import torch
 
-    return problem_for(config, length, getattr(torch, args.dtype), args.device)
+    return problem_for(config, 1, getattr(torch, args.dtype), args.device)
 
 
 def run_all(args) -> int:

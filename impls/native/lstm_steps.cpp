@@ -96,19 +96,6 @@ inline float tanh_(float x) { return tanh_approx(x); }
 inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 inline double tanh_(double x) { return std::tanh(x); }
 
-// The loop runs on `threads` threads (0: as many as the process has): set for the call, put back
-// after it, so the process's setting is what it was. One thread keeps a step's work on one core:
-// no fork/join per step, and nothing waits on a thread the OS has descheduled for another process.
-struct ThreadGuard {
-  int before;
-  explicit ThreadGuard(int64_t threads) : before(at::get_num_threads()) {
-    if (threads > 0 && threads != before) at::set_num_threads(static_cast<int>(threads));
-  }
-  ~ThreadGuard() {
-    if (at::get_num_threads() != before) at::set_num_threads(before);
-  }
-};
-
 bool hand_written_pointwise(const at::Tensor& t) {
   return t.device().is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble);
 }
@@ -157,11 +144,13 @@ void forward_cell(const T* pre, T* gates, const T* c_prev, T* c_next, T* tanh_c,
   });
 }
 
-// out [B, N] = addend + x [B, K] @ w [K, N], w row-major (forward: w = W_h^T [H, 4H]; backward: W_hh
-// [4H, H]). Register-blocked: a block of kRows rows x kCols columns of `out` is held in registers
-// while k runs, so each row of w is read once per block of rows instead of once per row; with the
-// weight in cache that is what decides a small-batch step. The column blocks are split over
-// `threads` threads when there are enough of them (a fork/join is a few microseconds).
+// The loop's own product, out [B, N] = addend + x [B, K] @ w [K, N] (forward: w = W_h^T [H, 4H];
+// backward: W_hh [4H, H]), on w packed by own_pack. Register-blocked: a tile of rows x kCols columns
+// of `out` is held in vector registers while k runs, so the weight is read once per tile of rows,
+// and column block j of w is a contiguous [K, kCols] slab (zero-padded past N), read in order instead
+// of striding N elements per k (which costs a TLB entry per row of w at hidden 512). The column
+// blocks are split over the call's threads when it has more than one (a fork/join is a few
+// microseconds; impls/fused_tuning.py decides by measuring).
 template <typename T>
 struct Block {
   static constexpr int64_t kRows = 4;
@@ -172,63 +161,6 @@ struct Block {
 #endif
 };
 
-template <typename T, int64_t R>
-inline void gemm_tile(const T* __restrict addend, const T* __restrict x, const T* __restrict w, T* __restrict out,
-                      int64_t K, int64_t N, int64_t n0, int64_t cols) {
-  constexpr int64_t C = Block<T>::kCols;
-  T acc[R][C];
-  for (int64_t r = 0; r < R; ++r) {
-    for (int64_t n = 0; n < C; ++n) acc[r][n] = (addend != nullptr && n < cols) ? addend[r * N + n0 + n] : T(0);
-  }
-  if (cols == C) {
-    for (int64_t k = 0; k < K; ++k) {
-      const T* __restrict wk = w + k * N + n0;
-      for (int64_t r = 0; r < R; ++r) {
-        const T xk = x[r * K + k];
-        for (int64_t n = 0; n < C; ++n) acc[r][n] += xk * wk[n];
-      }
-    }
-  } else {  // the last, partial column block
-    for (int64_t k = 0; k < K; ++k) {
-      const T* __restrict wk = w + k * N + n0;
-      for (int64_t r = 0; r < R; ++r) {
-        const T xk = x[r * K + k];
-        for (int64_t n = 0; n < cols; ++n) acc[r][n] += xk * wk[n];
-      }
-    }
-  }
-  for (int64_t r = 0; r < R; ++r) {
-    for (int64_t n = 0; n < cols; ++n) out[r * N + n0 + n] = acc[r][n];
-  }
-}
-
-template <typename T>
-void small_gemm_rows(const T* __restrict addend, const T* __restrict x, const T* __restrict w_t, T* __restrict out,
-                     int64_t B, int64_t K, int64_t N, int64_t threads = 1) {
-  constexpr int64_t R = Block<T>::kRows, C = Block<T>::kCols;
-  const int64_t blocks = (N + C - 1) / C;
-  auto columns = [=](int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1; ++j) {
-      const int64_t n0 = j * C, cols = std::min(C, N - n0);
-      int64_t b = 0;
-      for (; b + R <= B; b += R) {
-        gemm_tile<T, R>(addend ? addend + b * N : nullptr, x + b * K, w_t, out + b * N, K, N, n0, cols);
-      }
-      for (; b < B; ++b) {  // the rows left over, one at a time
-        gemm_tile<T, 1>(addend ? addend + b * N : nullptr, x + b * K, w_t, out + b * N, K, N, n0, cols);
-      }
-    }
-  };
-  if (threads > 1 && blocks > 1) {
-    at::parallel_for(0, blocks, (blocks + threads - 1) / threads, columns);
-  } else {
-    columns(0, blocks);
-  }
-}
-
-// The same product on a weight packed by own_pack: column block j of w is a contiguous [K, kCols]
-// slab (zero-padded past N), so a block streams through memory in order instead of striding N
-// elements per k (which costs a TLB entry per row of w at hidden 512).
 // One vector register of T: GCC's vector extension, which the compiler maps to the machine's registers
 // (split in two where the target's are half as wide).
 #ifdef __AVX512F__
@@ -351,7 +283,7 @@ at::Tensor packed_linear_add(const at::Tensor& x, const at::Tensor& addend, cons
 // tensor view costs about half a microsecond, as much as a whole step at hidden 15), except the
 // two views the prepacked GEMM takes.
 template <typename T>
-void forward_loop_cpu(at::Tensor& gates, at::Tensor& h, at::Tensor& c, at::Tensor& tanh_c, const at::Tensor& w_h_t,
+void forward_loop_cpu(at::Tensor& gates, at::Tensor& h, at::Tensor& c, at::Tensor& tanh_c,
                       const std::optional<at::Tensor>& packed, at::Tensor& pre, int64_t gemm) {
   const int64_t steps = gates.size(0), B = gates.size(1), H = h.size(2), G = B * 4 * H, S = B * H;
   T* g = gates.mutable_data_ptr<T>();
@@ -359,7 +291,6 @@ void forward_loop_cpu(at::Tensor& gates, at::Tensor& h, at::Tensor& c, at::Tenso
   T* cp = c.mutable_data_ptr<T>();
   T* tc = tanh_c.mutable_data_ptr<T>();
   T* scratch = pre.mutable_data_ptr<T>();
-  const T* w = w_h_t.const_data_ptr<T>();
   for (int64_t t = 0; t < steps; ++t) {
     const T* p = scratch;
     at::Tensor packed_out;  // keeps the prepacked GEMM's result alive for the pointwise pass
@@ -374,11 +305,9 @@ void forward_loop_cpu(at::Tensor& gates, at::Tensor& h, at::Tensor& c, at::Tenso
       packed_out = packed_linear_add(h[t], gates[t], *packed);
       TORCH_CHECK(packed_out.is_contiguous(), "forward_steps: the prepacked GEMM's result is not contiguous");
       p = packed_out.const_data_ptr<T>();
-    } else if (packed.has_value()) {
+    } else {
       packed_gemm_rows<T>(g + t * G, hp + t * S, packed->const_data_ptr<T>(), scratch, B, H, 4 * H,
                           at::get_num_threads());
-    } else {
-      small_gemm_rows<T>(g + t * G, hp + t * S, w, scratch, B, H, 4 * H, at::get_num_threads());
     }
     forward_cell<T>(p, g + t * G, cp + t * S, cp + (t + 1) * S, tc + t * S, hp + (t + 1) * S, B, H);
   }
@@ -413,28 +342,26 @@ void forward_loop_aten(at::Tensor& gates, at::Tensor& h, at::Tensor& c, at::Tens
 }
 
 void forward_steps(at::Tensor gates, at::Tensor h, at::Tensor c, at::Tensor tanh_c, at::Tensor w_h,
-                   at::Tensor w_h_t, std::optional<at::Tensor> packed, at::Tensor pre, int64_t gemm, int64_t threads) {
+                   std::optional<at::Tensor> packed, at::Tensor pre, int64_t gemm) {
   at::NoGradGuard no_grad;
-  ThreadGuard thread_guard(threads);
   TORCH_CHECK(gates.is_contiguous() && h.is_contiguous() && c.is_contiguous() && tanh_c.is_contiguous() &&
-                  pre.is_contiguous() && w_h_t.is_contiguous(),
+                  pre.is_contiguous(),
               "forward_steps: buffers must be contiguous");
   const int64_t T = gates.size(0), B = gates.size(1), H = h.size(2);
   TORCH_CHECK(gates.dim() == 3 && gates.size(2) == 4 * H && h.sizes() == at::IntArrayRef({T + 1, B, H}) &&
                   c.sizes() == h.sizes() && tanh_c.sizes() == at::IntArrayRef({T, B, H}) &&
-                  pre.numel() >= B * 4 * H && w_h.sizes() == at::IntArrayRef({4 * H, H}) &&
-                  w_h_t.sizes() == at::IntArrayRef({H, 4 * H}),
+                  pre.numel() >= B * 4 * H && w_h.sizes() == at::IntArrayRef({4 * H, H}),
               "forward_steps: buffer shapes do not fit gates [T, B, 4H], h and c [T+1, B, H]");
   TORCH_CHECK((gemm != kPacked && gemm != kMkl) || packed.has_value(), "forward_steps: packed GEMM without a packed weight");
   TORCH_CHECK(gemm != kMkl || (gates.scalar_type() == at::kFloat && mkl_packed_available()),
               "forward_steps: MKL's packed GEMM is for float32, with MKL");
   const bool fused_pointwise = hand_written_pointwise(gates);
   TORCH_CHECK(gemm != kLoop || fused_pointwise, "forward_steps: the loop GEMM is for CPU float32/float64");
-  TORCH_CHECK(gemm != kLoop || !packed.has_value() || own_packed_fits(*packed, gates, H, 4 * H),
-              "forward_steps: the own-packed weight does not fit W_h^T [H, 4H]");
+  TORCH_CHECK(gemm != kLoop || (packed.has_value() && own_packed_fits(*packed, gates, H, 4 * H)),
+              "forward_steps: the loop's own product needs W_h^T [H, 4H] packed by own_pack");
   if (fused_pointwise && gemm != kAten) {
     AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "forward_loop_cpu", [&] {
-      forward_loop_cpu<scalar_t>(gates, h, c, tanh_c, w_h_t, packed, pre, gemm);
+      forward_loop_cpu<scalar_t>(gates, h, c, tanh_c, packed, pre, gemm);
     });
   } else {
     forward_loop_aten(gates, h, c, tanh_c, w_h, packed, pre, gemm);
@@ -484,14 +411,13 @@ void backward_cell(const T* gates, const T* c_prev, const T* tanh_c, const T* dh
 
 template <typename T>
 void backward_loop_cpu(const at::Tensor& gates, const at::Tensor& c, const at::Tensor& tanh_c, at::Tensor& d_gates,
-                       at::Tensor& dh, at::Tensor& dc, const at::Tensor& d_out, const at::Tensor& w_hh,
+                       at::Tensor& dh, at::Tensor& dc, const at::Tensor& d_out,
                        const std::optional<at::Tensor>& packed, bool clip, T theta, int64_t gemm) {
   const int64_t steps = gates.size(0), B = gates.size(1), H = c.size(2), G = B * 4 * H, S = B * H;
   const T* g = gates.const_data_ptr<T>();
   const T* cp = c.const_data_ptr<T>();
   const T* tc = tanh_c.const_data_ptr<T>();
   const T* dout = d_out.const_data_ptr<T>();
-  const T* w = w_hh.const_data_ptr<T>();
   T* da = d_gates.mutable_data_ptr<T>();
   T* dcp = dc.mutable_data_ptr<T>();
   at::Tensor zeros = gemm == kPacked ? at::zeros_like(dh) : at::Tensor();
@@ -509,12 +435,9 @@ void backward_loop_cpu(const at::Tensor& gates, const at::Tensor& c, const at::T
     if (gemm == kPacked) {
       dh = packed_linear_add(d_gates[t], t > 0 ? d_out[t - 1] : zeros, *packed);
       TORCH_CHECK(dh.is_contiguous(), "backward_steps: the prepacked GEMM's result is not contiguous");
-    } else if (packed.has_value()) {
+    } else {
       packed_gemm_rows<T>(t > 0 ? dout + (t - 1) * S : nullptr, da + t * G, packed->const_data_ptr<T>(),
                           dh.mutable_data_ptr<T>(), B, 4 * H, H, at::get_num_threads());
-    } else {
-      small_gemm_rows<T>(t > 0 ? dout + (t - 1) * S : nullptr, da + t * G, w, dh.mutable_data_ptr<T>(), B, 4 * H, H,
-                         at::get_num_threads());
     }
   }
 }
@@ -566,9 +489,8 @@ void backward_loop_aten(const at::Tensor& gates, const at::Tensor& c, const at::
 std::tuple<at::Tensor, at::Tensor> backward_steps(at::Tensor gates, at::Tensor c, at::Tensor tanh_c,
                                                   at::Tensor d_gates, at::Tensor dh, at::Tensor dc, at::Tensor d_out,
                                                   at::Tensor w_hh, std::optional<at::Tensor> packed,
-                                                  std::optional<double> gate_clip, int64_t gemm, int64_t threads) {
+                                                  std::optional<double> gate_clip, int64_t gemm) {
   at::NoGradGuard no_grad;
-  ThreadGuard thread_guard(threads);
   TORCH_CHECK(gates.is_contiguous() && c.is_contiguous() && tanh_c.is_contiguous() && d_gates.is_contiguous() &&
                   d_out.is_contiguous() && w_hh.is_contiguous(),
               "backward_steps: buffers must be contiguous");
@@ -587,11 +509,11 @@ std::tuple<at::Tensor, at::Tensor> backward_steps(at::Tensor gates, at::Tensor c
   TORCH_CHECK(dh.is_contiguous() && dc.is_contiguous(), "backward_steps: dh and dc must be contiguous");
   const bool fused_pointwise = hand_written_pointwise(gates);
   TORCH_CHECK(gemm != kLoop || fused_pointwise, "backward_steps: the loop GEMM is for CPU float32/float64");
-  TORCH_CHECK(gemm != kLoop || !packed.has_value() || own_packed_fits(*packed, gates, 4 * H, H),
-              "backward_steps: the own-packed weight does not fit W_hh [4H, H]");
+  TORCH_CHECK(gemm != kLoop || (packed.has_value() && own_packed_fits(*packed, gates, 4 * H, H)),
+              "backward_steps: the loop's own product needs W_hh [4H, H] packed by own_pack");
   if (fused_pointwise && gemm != kAten) {
     AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "backward_loop_cpu", [&] {
-      backward_loop_cpu<scalar_t>(gates, c, tanh_c, d_gates, dh, dc, d_out, w_hh, packed, gate_clip.has_value(),
+      backward_loop_cpu<scalar_t>(gates, c, tanh_c, d_gates, dh, dc, d_out, packed, gate_clip.has_value(),
                                   static_cast<scalar_t>(gate_clip.value_or(0.0)), gemm);
     });
   } else {
@@ -621,26 +543,21 @@ at::Tensor mkl_pack(at::Tensor w, int64_t m, bool transposed, std::optional<at::
 
 bool has_mkl_packed_gemm() { return mkl_packed_available(); }
 
-// x [B, K] @ w [K, N] (+ addend [B, N]) by the loop's own kernel: for tests, and to time the kernel alone.
-at::Tensor own_product(at::Tensor x, at::Tensor w, std::optional<at::Tensor> addend, int64_t threads,
-                       std::optional<at::Tensor> packed) {
-  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(0) && x.is_contiguous() &&
-                  w.is_contiguous() && x.scalar_type() == w.scalar_type() &&
-                  (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
-              "own_product: contiguous 2-d float32/float64 CPU x [B, K] and w [K, N]");
-  TORCH_CHECK(!addend.has_value() || (addend->sizes() == at::IntArrayRef({x.size(0), w.size(1)}) &&
+// x [B, K] @ w [K, N] (+ addend [B, N]) by the loop's own kernel, w given as own_pack(w): for tests, and to
+// time the kernel alone.
+at::Tensor own_product(at::Tensor x, at::Tensor packed, int64_t n, std::optional<at::Tensor> addend, int64_t threads) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.is_contiguous() &&
+                  (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) &&
+                  own_packed_fits(packed, x, x.size(1), n),
+              "own_product: a contiguous 2-d float32/float64 CPU x [B, K] and own_pack's layout of a [K, n] weight");
+  TORCH_CHECK(!addend.has_value() || (addend->sizes() == at::IntArrayRef({x.size(0), n}) &&
                                       addend->is_contiguous() && addend->scalar_type() == x.scalar_type()),
               "own_product: the addend must be a contiguous [B, N] of x's dtype");
-  at::Tensor out = at::empty({x.size(0), w.size(1)}, x.options());
+  at::Tensor out = at::empty({x.size(0), n}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "own_product", [&] {
-    const scalar_t* a = addend.has_value() ? addend->const_data_ptr<scalar_t>() : nullptr;
-    if (packed.has_value()) {
-      packed_gemm_rows<scalar_t>(a, x.const_data_ptr<scalar_t>(), packed->const_data_ptr<scalar_t>(),
-                                 out.mutable_data_ptr<scalar_t>(), x.size(0), x.size(1), w.size(1), threads);
-    } else {
-      small_gemm_rows<scalar_t>(a, x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                                out.mutable_data_ptr<scalar_t>(), x.size(0), x.size(1), w.size(1), threads);
-    }
+    packed_gemm_rows<scalar_t>(addend.has_value() ? addend->const_data_ptr<scalar_t>() : nullptr,
+                               x.const_data_ptr<scalar_t>(), packed.const_data_ptr<scalar_t>(),
+                               out.mutable_data_ptr<scalar_t>(), x.size(0), x.size(1), n, threads);
   });
   return out;
 }
