@@ -264,7 +264,8 @@ class FusedLSTM(Impl):
         if plan is None:
             how = "chosen by measuring at construction"
         elif tuned is not None:
-            how = f"{plan.label()} (chosen by measuring here{', cached' if tuned.cached else ''})"
+            # Not whether it came from the cache: one path must give one label, or a report splits its rows.
+            how = f"{plan.label()} (chosen by measuring here)"
         else:
             how = {GEMM_PACKED: "oneDNN-prepacked per-step GEMMs", GEMM_LOOP: "per-step products in the C++ loop",
                    GEMM_MKL: "MKL-packed per-step GEMMs", GEMM_ATEN: "torch.addmm GEMMs"}[plan.step]
