@@ -158,9 +158,11 @@ def test_mkl_is_a_candidate_only_where_torch_has_it(small):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize(("rows", "k", "n"), [(1, 15, 60), (3, 23, 92), (7, 70, 280), (17, 33, 40), (25, 64, 100)])
+@pytest.mark.parametrize(("rows", "k", "n"), [(1, 15, 60), (3, 23, 92), (7, 70, 280), (17, 33, 40), (25, 64, 100),
+                                             (13, 40, 96), (20, 64, 128), (24, 9, 64)])
 def test_the_loops_own_kernel_is_a_matrix_product(dtype, rows, k, n):
-    """Every tiling (12 or 6 rows, 4, one by one; a partial column block) on both thread counts."""
+    """Every tiling (the batch in near-equal tiles of at most 12 or 6 rows; whole column blocks, which load
+    and store straight from registers, and a partial one) on both thread counts."""
     from impls.native import native_steps
 
     ops = native_steps().ops

@@ -153,7 +153,6 @@ void forward_cell(const T* pre, T* gates, const T* c_prev, T* c_next, T* tanh_c,
 // microseconds; impls/fused_tuning.py decides by measuring).
 template <typename T>
 struct Block {
-  static constexpr int64_t kRows = 4;
 #ifdef __AVX512F__
   static constexpr int64_t kCols = 64 / sizeof(T) * 2;  // two 64-byte vectors a row: 8 of 32 registers
 #else
@@ -178,6 +177,8 @@ struct VecOf {
   typedef T type __attribute__((vector_size(kVecBytes)));
 };
 
+// One tile: R rows of x times one slab, into R x kCols accumulators held in registers. (An interleaved
+// copy of x, the R values of one k in a cache line, measured no faster: the copy cost what it saved.)
 template <typename T, int64_t R>
 inline void packed_tile(const T* __restrict addend, const T* __restrict x, const T* __restrict slab, T* __restrict out,
                         int64_t K, int64_t N, int64_t n0, int64_t cols) {
@@ -185,7 +186,20 @@ inline void packed_tile(const T* __restrict addend, const T* __restrict x, const
   constexpr int64_t L = kVecBytes / static_cast<int64_t>(sizeof(T)), C = Block<T>::kCols;
   static_assert(C == 2 * L, "a column block is two vector registers");
   V acc[R][2];  // R x C accumulators in 2R registers
+  // A whole slab (all but the last of a ragged N) loads and stores straight between registers and memory:
+  // at K 512 the element-wise start and end cost a fifth of the tile.
+  const bool whole = cols == C;
   for (int64_t r = 0; r < R; ++r) {
+    if (whole) {
+      if (addend != nullptr) {
+        std::memcpy(&acc[r][0], addend + r * N + n0, sizeof(V));
+        std::memcpy(&acc[r][1], addend + r * N + n0 + L, sizeof(V));
+      } else {
+        acc[r][0] = V{};
+        acc[r][1] = V{};
+      }
+      continue;
+    }
     T start[C];
     for (int64_t n = 0; n < C; ++n) start[n] = (addend != nullptr && n < cols) ? addend[r * N + n0 + n] : T(0);
     std::memcpy(&acc[r][0], start, sizeof(V));
@@ -203,6 +217,11 @@ inline void packed_tile(const T* __restrict addend, const T* __restrict x, const
     }
   }
   for (int64_t r = 0; r < R; ++r) {
+    if (whole) {
+      std::memcpy(out + r * N + n0, &acc[r][0], sizeof(V));
+      std::memcpy(out + r * N + n0 + L, &acc[r][1], sizeof(V));
+      continue;
+    }
     T result[C];
     std::memcpy(result, &acc[r][0], sizeof(V));
     std::memcpy(result + L, &acc[r][1], sizeof(V));
@@ -210,25 +229,33 @@ inline void packed_tile(const T* __restrict addend, const T* __restrict x, const
   }
 }
 
+template <typename T, int64_t R = kWideRows>
+inline void packed_tile_of(int64_t rows, const T* addend, const T* x, const T* slab, T* out, int64_t K, int64_t N,
+                           int64_t n0, int64_t cols) {
+  if constexpr (R > 1) {
+    if (rows < R) return packed_tile_of<T, R - 1>(rows, addend, x, slab, out, K, N, n0, cols);
+  }
+  packed_tile<T, R>(addend, x, slab, out, K, N, n0, cols);
+}
+
+// The batch in tiles of near-equal rows, as few as the registers allow (20 rows: 10 + 10, not 12 + 4 + 4).
+inline int64_t tile_rows(int64_t B) {
+  const int64_t tiles = (B + kWideRows - 1) / kWideRows;
+  return (B + tiles - 1) / tiles;
+}
+
 template <typename T>
 void packed_gemm_rows(const T* __restrict addend, const T* __restrict x, const T* __restrict packed, T* __restrict out,
                       int64_t B, int64_t K, int64_t N, int64_t threads) {
-  constexpr int64_t R = Block<T>::kRows, C = Block<T>::kCols;
-  const int64_t blocks = (N + C - 1) / C;
+  constexpr int64_t C = Block<T>::kCols;
+  const int64_t blocks = (N + C - 1) / C, step = tile_rows(B);
   auto columns = [=](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) {
       const int64_t n0 = j * C, cols = std::min(C, N - n0);
       const T* slab = packed + j * K * C;
-      int64_t b = 0;
-      // As many rows a pass over the slab as the registers hold (2 per row), then 4, then one by one.
-      for (; b + kWideRows <= B; b += kWideRows) {
-        packed_tile<T, kWideRows>(addend ? addend + b * N : nullptr, x + b * K, slab, out + b * N, K, N, n0, cols);
-      }
-      for (; b + R <= B; b += R) {
-        packed_tile<T, R>(addend ? addend + b * N : nullptr, x + b * K, slab, out + b * N, K, N, n0, cols);
-      }
-      for (; b < B; ++b) {
-        packed_tile<T, 1>(addend ? addend + b * N : nullptr, x + b * K, slab, out + b * N, K, N, n0, cols);
+      for (int64_t b0 = 0; b0 < B; b0 += step) {
+        packed_tile_of<T>(std::min(step, B - b0), addend ? addend + b0 * N : nullptr, x + b0 * K, slab,
+                          out + b0 * N, K, N, n0, cols);
       }
     }
   };
