@@ -1,15 +1,17 @@
-"""`cupy`: the fused algorithm, hand-written once against an array module.
+"""`cupy` and `numpy`: the fused algorithm, hand-written once against an array module.
 
-On CUDA the array module is CuPy: the gate math and its derivative are one ElementwiseKernel
+`cupy` runs it on CUDA with CuPy: the gate math and its derivative are one ElementwiseKernel
 each per step, GEMMs go to cuBLAS, and tensors pass between torch and CuPy through DLPack
-without copies. On the CPU (or without CuPy) the very same loop runs on NumPy with ufuncs,
-so everything but the two kernels is tested on machines without a GPU. The backend label
-says which one ran.
+without copies. It runs nothing else: on the CPU, or where CuPy is not usable, it is not
+supported, and the reason names `numpy`.
 
-While the implementation runs, CuPy allocates from torch's caching allocator and launches on
-torch's current device and stream (on_torch_cuda): torch's memory counters see its arrays, the
-harness's torch.cuda.synchronize() covers its kernels, and its memory goes back to torch when
-the instance (or its workspace, close()) is dropped. Other implementations see CuPy as it was.
+`numpy` runs the very same loop on the CPU with NumPy ufuncs and NumPy's BLAS, so everything
+but the two kernels is tested on machines without a GPU, under a name that says what ran.
+
+While `cupy` runs, CuPy allocates from torch's caching allocator and launches on torch's current
+device and stream (on_torch_cuda): torch's memory counters see its arrays, the harness's
+torch.cuda.synchronize() covers its kernels, and its memory goes back to torch when the instance
+(or its workspace, close()) is dropped. Other implementations see CuPy as it was.
 """
 
 from __future__ import annotations
@@ -250,34 +252,45 @@ def _on_cupy(problem: Problem) -> bool:
     return problem.device == "cuda" and cupy_usable().ok
 
 
+NO_BFLOAT16 = "NumPy and CuPy have no bfloat16"
+ON_THE_CPU = "on the CPU the same algorithm runs as `numpy`"
+
+
 @register
 class CupyLSTM(Impl):
     name = "cupy"
-    description = "fused design on an array module: CuPy kernels + cuBLAS on CUDA, NumPy on the CPU"
+    description = "fused design on an array module: CuPy ElementwiseKernels + cuBLAS, CUDA only (on the CPU: numpy)"
     gate_clipping = True
 
     @classmethod
     def supports(cls, problem: Problem) -> Support:
         if problem.dtype == "bfloat16":
-            return Support.no("NumPy and CuPy have no bfloat16")
+            return Support.no(NO_BFLOAT16)
         if problem.dtype == "tf32":
             return Support.no("CuPy's TF32 GEMMs are a process-wide switch (CUPY_TF32), not a per-run mode")
-        if problem.device == "cuda":
-            usable = cupy_usable()
-            if not usable.ok:
-                return usable
+        if problem.device != "cuda":
+            return Support.no(f"CuPy runs on a CUDA GPU; {ON_THE_CPU}")
+        usable = cupy_usable()
+        if not usable.ok:
+            return Support.no(f"{usable.reason}; {ON_THE_CPU}")
         return Support.yes()
 
     @classmethod
     def backend(cls, problem: Problem) -> str:
         if _on_cupy(problem):
             return f"CuPy {cupy.__version__} kernels + cuBLAS (CUDA)"
-        why = "device is the CPU" if problem.device == "cpu" else cupy_usable().reason
-        return f"NumPy {np.__version__} backend ({why})"
+        return f"CuPy kernels + cuBLAS (CUDA), not available here: {cls.supports(problem).reason}"
+
+    @classmethod
+    def _array_module(cls, problem: Problem):
+        """The array module that runs `problem`: CuPy, or an error that says why not (and names `numpy`)."""
+        if not _on_cupy(problem):
+            raise RuntimeError(f"{cls.name} cannot run {problem.id}: {cls.supports(problem).reason}")
+        return cupy
 
     def __init__(self, problem: Problem, weights: list[LayerWeights]) -> None:
         super().__init__(problem, weights)
-        self.xp = cupy if _on_cupy(problem) else np
+        self.xp = self._array_module(problem)
         self.math_cls = UfuncGateMath if self.xp is np else CupyGateMath
         perm = gate_rows(problem.hidden, "ifog").to(problem.device)
         self.layers = []
@@ -388,3 +401,31 @@ class CupyLSTM(Impl):
                                       for a in (d_w_x[inv], d_w_h[inv], d_b, d_b.copy())))
             d_out = (flat @ layer["w_x_t"].T).reshape(T, B, -1)
         return Grads(self._tensor(d_out), self._tensor(dh0), self._tensor(dc0), grads)
+
+
+@register
+class NumpyLSTM(CupyLSTM):
+    """`cupy`'s algorithm, unchanged, on NumPy ufuncs (UfuncGateMath) and NumPy's BLAS on the CPU."""
+
+    name = "numpy"
+    description = "fused design on NumPy ufuncs + BLAS: the cupy implementation's algorithm on the CPU"
+
+    @classmethod
+    def supports(cls, problem: Problem) -> Support:
+        if problem.device != "cpu":
+            return Support.no("NumPy runs on the CPU; on CUDA the same algorithm runs as `cupy`")
+        if problem.dtype == "bfloat16":
+            return Support.no(NO_BFLOAT16)
+        if problem.dtype == "tf32":
+            return Support.no("NumPy has no TF32 GEMMs (TF32 is a CUDA mode)")
+        return Support.yes()
+
+    @classmethod
+    def backend(cls, problem: Problem) -> str:
+        return f"NumPy {np.__version__} ufuncs + BLAS (the cupy implementation's algorithm on the CPU)"
+
+    @classmethod
+    def _array_module(cls, problem: Problem):
+        if problem.device != "cpu":
+            raise RuntimeError(f"{cls.name} cannot run {problem.id}: {cls.supports(problem).reason}")
+        return np

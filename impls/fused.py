@@ -1,4 +1,4 @@
-"""`fused`: the seed's fast design in PyTorch with a hand-written backward.
+"""`fused`: the Caffe LSTM's fast design in PyTorch with a hand-written backward.
 
 Gates are reordered to o, i, f, g: the three sigmoid gates are one contiguous block (one
 activation call), and so are the three gates whose gradient is dc times something (one
@@ -330,7 +330,7 @@ class FusedLSTM(Impl):
     @staticmethod
     def _weight_grads(d_gates: torch.Tensor, x: torch.Tensor, h_prev: torch.Tensor):
         """dW_x and dW_h over all steps as ONE GEMM: d_gates [T*B, 4H]^T @ [x | h_prev] [T*B, I+H].
-        The recurrent-weight gradient is the seed's single matrix product; folding the input
+        The recurrent-weight gradient is the Caffe LSTM's single matrix product; folding the input
         weight's into it makes one larger, faster product."""
         d_w = d_gates.t() @ torch.cat([x, h_prev], dim=1)
         return d_w[:, :x.shape[1]], d_w[:, x.shape[1]:]

@@ -1,4 +1,4 @@
-"""`modular`: the seed's per-timestep design, unrolled, with autograd doing the backward.
+"""`modular`: the Caffe LSTM's per-timestep design, unrolled, with autograd doing the backward.
 
 Each step applies its own input projection and the shared recurrent projection, then an LSTM
 unit. Nothing is hoisted out of the loop: autograd accumulates the shared weights' gradients

@@ -28,7 +28,7 @@ from harness.contract.problem import Problem
 from harness.contract.registry import register
 from impls.fused import FusedLSTM
 
-KERNELS = "impls.kernels.triton_lstm"
+KERNELS = "impls.kernels.triton_cell_kernels"
 NOT_INSTALLED = "Triton is not installed (pip install 'lstm-harness[peers]')"
 NEEDS_GPU = "Triton needs a GPU; the interpreter is not a speed"
 

@@ -1,4 +1,4 @@
-"""The seed's example as an agreement check: every pair of implementations, trained from the
+"""The Caffe LSTM's example as an agreement check: every pair of implementations, trained from the
 same initial weights for a few hundred iterations in float64 on the run's device, must give the
 same loss curve and the same final weights, and the loss must fall."""
 
@@ -17,9 +17,9 @@ from harness.example.training_agreement import (
 )
 
 CONFIG = "lstm_short"
-# Enough for the loss to fall by half in each set-up (measured with cupy, both biases trained: to 0.52
-# of its start in 120 caffe iterations, to 0.11 in 100 Adam iterations); each implementation trains once
-# per set-up.
+# Enough for the loss to fall by half in each set-up (measured with numpy, then named cupy, both biases
+# trained: to 0.52 of its start in 120 caffe iterations, to 0.11 in 100 Adam iterations); each
+# implementation trains once per set-up.
 ITERATIONS = {"caffe": 200, "adam": 100}
 _runs = {}
 

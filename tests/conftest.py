@@ -10,6 +10,12 @@ from harness.contract.problem import Problem
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 
+# Under pytest-xdist (`-n 2`) each worker has PYTEST_XDIST_WORKER set; a pytest the tests start in a child
+# process (the speed suite, a sweep's shard, the GPU check's steps) would inherit it, and pytest-benchmark would
+# then take itself for an xdist worker and disable timing. The children are whole runs of their own.
+for _name in [k for k in os.environ if k.startswith("PYTEST_XDIST_")]:
+    del os.environ[_name]
+
 
 @pytest.fixture
 def small():

@@ -17,7 +17,7 @@ def _next_call(impl) -> int:
 
 
 class RowZeroRecurrence(FusedLSTM):
-    """The seed's CPU bug: the recurrent product of batch row 0 is added to every row."""
+    """The Caffe LSTM's CPU bug: the recurrent product of batch row 0 is added to every row."""
 
     name = "mutant_row0"
     description = "recurrent product of batch row 0 added to every row"

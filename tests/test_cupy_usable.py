@@ -16,7 +16,7 @@ import torch
 from harness.contract.impl import Support
 from harness.contract.inputs import make_inputs
 from impls import cupy_lstm
-from impls.cupy_lstm import CupyLSTM, check_cupy, cuda_mismatch
+from impls.cupy_lstm import CupyLSTM, NumpyLSTM, check_cupy, cuda_mismatch
 
 
 @pytest.mark.parametrize("cupy_runtime, torch_cuda", [(13000, "13.0"), (13020, "13.2"), (12080, "12.8")])
@@ -241,18 +241,18 @@ def test_scope_restores_after_a_crash_too(cupy, torch_cuda_scope):
 
 def test_numpy_backend_runs_forward_and_backward_in_its_scope(small):
     inputs = make_inputs(small)
-    impl = CupyLSTM(small, inputs.weights)
+    impl = NumpyLSTM(small, inputs.weights)
     log = []
     impl._scope = lambda: Recorder(log, "scope")
     impl.forward(inputs.x, inputs.h0, inputs.c0)
     impl.backward(inputs.dy, inputs.dh_n, inputs.dc_n)
     assert log == ["enter scope", "exit scope"] * 2
-    assert isinstance(CupyLSTM(small, inputs.weights)._scope(), contextlib.nullcontext)
+    assert isinstance(NumpyLSTM(small, inputs.weights)._scope(), contextlib.nullcontext)
 
 
 def test_backward_index_is_an_array_of_the_array_module(monkeypatch, small):
     weights = make_inputs(small).weights
-    numpy_impl = CupyLSTM(small, weights)
+    numpy_impl = NumpyLSTM(small, weights)
     assert type(numpy_impl.inverse_perm) is np.ndarray
     assert sorted(numpy_impl.inverse_perm.tolist()) == list(range(4 * small.hidden))
 
@@ -272,7 +272,7 @@ def test_backward_index_is_an_array_of_the_array_module(monkeypatch, small):
 
 def test_close_drops_the_workspace_and_the_next_call_makes_a_new_one(small):
     inputs = make_inputs(small)
-    impl = CupyLSTM(small, inputs.weights)
+    impl = NumpyLSTM(small, inputs.weights)
     y = impl.forward(inputs.x, inputs.h0, inputs.c0).y.clone()
     dx = impl.backward(inputs.dy, inputs.dh_n, inputs.dc_n).dx.clone()
     impl.close()

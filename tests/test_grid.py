@@ -17,7 +17,7 @@ def test_default_grid_on_cpu_is_seed_shape_at_512():
     assert s.grid.name == "cpu" and s.device == "cpu"
     assert [(p.batch, p.length) for p in s.problems] == [(20, 100), (4, 100), (20, 20), (4, 20)]
     assert {(p.hidden, p.input_size, p.layers, p.dtype) for p in s.problems} == {(512, 512, 3, "float32")}
-    assert {r.name for r in s.impls} >= {"cudnn", "fused", "modular", "cupy"}
+    assert {r.name for r in s.impls} >= {"cudnn", "fused", "modular", "cupy", "numpy"}
 
 
 def test_caffe_grid_is_the_caffe_projects_table():

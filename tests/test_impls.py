@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -9,7 +10,7 @@ from harness.contract.registry import discover
 from impls import cupy_lstm
 from impls.cudnn import _detected_backend
 
-BUILTINS = ["cudnn", "fused", "fused_python", "modular", "cupy", "compiled"]
+BUILTINS = ["cudnn", "fused", "fused_python", "modular", "numpy", "compiled"]  # `cupy`: CUDA only
 SHAPES = [
     Problem(batch=5, length=7, input_size=12, hidden=16, layers=2),
     Problem(batch=1, length=1, input_size=3, hidden=4, layers=1),
@@ -51,13 +52,29 @@ def test_cudnn_names_the_kernel_that_ran():
     assert "native LSTM cells" in _detected_backend("cpu", "float64")
 
 
-def test_cupy_without_gpu_runs_numpy_on_cpu_and_declines_cuda(monkeypatch, small):
+def test_cupy_declines_the_cpu_naming_numpy_which_runs_it_and_agrees(small):
+    """One name, one backend: on the CPU `cupy` is not supported and says the same algorithm runs as
+    `numpy`; `numpy` runs it there (NumPy ufuncs) and agrees with the reference, and declines CUDA."""
+    cupy_cls, numpy_cls = discover().get("cupy"), discover().get("numpy")
+    support = cupy_cls.supports(small)
+    assert not support.ok and support.reason == "CuPy runs on a CUDA GPU; on the CPU the same algorithm runs as `numpy`"
+    with pytest.raises(RuntimeError, match="cupy cannot run .*runs as `numpy`"):
+        cupy_cls(small, make_inputs(small).weights)
+    assert numpy_cls.supports(small).ok and numpy_cls.gate_clipping
+    assert numpy_cls.backend(small).startswith("NumPy ") and "ufuncs + BLAS" in numpy_cls.backend(small)
+    agreement, impl = check_agreement(numpy_cls, small)
+    assert agreement.passed, agreement.summary() + "\n" + agreement.table()
+    assert impl.xp is np and impl.math_cls is cupy_lstm.UfuncGateMath
+    on_cuda = numpy_cls.supports(small.replace(device="cuda"))
+    assert not on_cuda.ok and "`cupy`" in on_cuda.reason
+
+
+def test_cupy_without_usable_cupy_declines_cuda_naming_numpy(monkeypatch, small):
     cls = discover().get("cupy")
-    assert cls.supports(small).ok and cls.backend(small).startswith("NumPy ")
     on_cuda = small.replace(device="cuda")
     monkeypatch.setattr(cupy_lstm, "cupy_usable", lambda: Support.no("CuPy is not installed (test)"))
     support = cls.supports(on_cuda)
-    assert not support.ok and "CuPy is not installed" in support.reason
+    assert not support.ok and "CuPy is not installed" in support.reason and "`numpy`" in support.reason
     assert "CuPy is not installed" in cls.backend(on_cuda)
 
 
@@ -87,7 +104,8 @@ def test_bfloat16_agrees_within_its_own_tolerance(name):
 
 def test_cupy_declines_modes_it_cannot_run():
     cls = discover().get("cupy")
-    assert "no bfloat16" in cls.supports(Problem(2, 2, 2, 2, 1, dtype="bfloat16")).reason
+    assert "no bfloat16" in cls.supports(Problem(2, 2, 2, 2, 1, dtype="bfloat16", device="cuda")).reason
+    assert "no bfloat16" in discover().get("numpy").supports(Problem(2, 2, 2, 2, 1, dtype="bfloat16")).reason
     assert "CUPY_TF32" in cls.supports(Problem(2, 2, 2, 2, 1, dtype="tf32", device="cuda")).reason
 
 

@@ -52,7 +52,7 @@ def test_dwhh_mutant_is_caught_with_nothing_else_wrong(small):
 
 
 def test_row_zero_bug_is_invisible_at_batch_one_and_caught_above():
-    """Why the grid must not be batch-1 only: the seed's bug is correct for one row."""
+    """Why the grid must not be batch-1 only: the Caffe LSTM's bug is correct for one row."""
     one = Problem(batch=1, length=5, input_size=6, hidden=8, layers=1)
     assert check_agreement(RowZeroRecurrence, one)[0].passed
     assert not check_agreement(RowZeroRecurrence, one.replace(batch=2))[0].passed

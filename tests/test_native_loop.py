@@ -1,6 +1,10 @@
 """The C++ time loop of `fused` (impls/native): built here, right in every mode, and the Python
 loop (with a label that says so) wherever it cannot be built."""
 
+import threading
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -168,3 +172,27 @@ def test_without_the_extension_the_python_loop_runs_and_says_why(monkeypatch, ru
     done = run_python("-c", code)
     assert done.returncode == 0, done.stderr
     assert "Python time loop (C++ loop not built: " in done.stdout and reason in done.stdout
+
+
+def test_a_build_lock_left_by_a_killed_build_is_waited_on_for_a_bounded_time(monkeypatch, tmp_path):
+    """A build killed midway leaves torch's lock file, on which torch would wait without end: this process waits
+    LOCK_WAIT_SECONDS, then runs without the extension and says why (fused's label then names the Python loop)."""
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "LOCK_WAIT_SECONDS", 0.5)
+    name = native.build_name(native.compile_flags())
+    build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
+    (build_dir / "lock").write_text("")  # young: a build that was killed a moment ago
+    started = time.monotonic()
+    steps = native.native_steps.__wrapped__()
+    assert time.monotonic() - started < 30
+    assert not steps.available and "holds the build lock" in steps.reason and "waited" in steps.reason
+    assert native.wait_for_lock(build_dir / "missing", 5) is None  # no lock: no wait
+
+
+def test_a_lock_that_goes_away_within_the_wait_lets_the_load_go_on(tmp_path):
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    threading.Timer(0.3, lock.unlink).start()
+    assert native.wait_for_lock(lock, 20) is None

@@ -1,4 +1,4 @@
-"""The results record (harness.reporting.record): one owner of what a results file holds."""
+"""The results record (harness.record.schema): one owner of what a results file holds."""
 
 import dataclasses
 import json
@@ -8,8 +8,7 @@ import sys
 import pytest
 
 from harness.contract.problem import Problem
-from harness.reporting import compare, figures, report, results
-from harness.reporting.record import (
+from harness.record.schema import (
     PROBLEM_FIELDS,
     RESULTS_KEY,
     SCHEMA_VERSION,
@@ -20,6 +19,7 @@ from harness.reporting.record import (
     SchemaError,
     check_schema,
 )
+from harness.reporting import compare, figures, report, results
 
 COMMITTED = ["reports/cpu-default-grid.json", "reports/trust-mutants.json", "tests/data/smoke-results.json"]
 FIXTURE = "tests/data/smoke-results.json"

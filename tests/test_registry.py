@@ -12,7 +12,7 @@ from harness.contract.impl import Impl
 from harness.contract.registry import ENTRY_POINT_GROUP, Registry, RegistryError, discover
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILTINS = {"cudnn", "fused", "modular", "cupy"}
+BUILTINS = {"cudnn", "fused", "modular", "cupy", "numpy"}
 
 
 def test_builtins_are_registered_with_their_origin():
@@ -20,6 +20,7 @@ def test_builtins_are_registered_with_their_origin():
     assert BUILTINS <= set(registry.names())
     assert registry.registration("fused").origin == "built-in (impls.fused)"
     assert registry.registration("cupy").origin == "built-in (impls.cupy_lstm)"
+    assert registry.registration("numpy").origin == "built-in (impls.cupy_lstm)"
     for reg in registry:
         assert reg.cls.description
 
@@ -117,7 +118,8 @@ def test_list_command_shows_the_four_and_plugins(run_python):
     rows = {l.split()[0]: l for l in proc.stdout.splitlines()[2:]}
     assert BUILTINS <= set(rows)
     assert "--lstm-plugin (mutants)" in rows["mutant_nan"]
-    assert "yes: NumPy" in rows["cupy"] and "yes: oneDNN" in rows["cudnn"]
+    assert "yes: NumPy" in rows["numpy"] and "yes: oneDNN" in rows["cudnn"]
+    assert "no: CuPy runs on a CUDA GPU; on the CPU the same algorithm runs as `numpy`" in rows["cupy"]
     bad = run_python("-m", "harness", "list", "--lstm-plugin", "no_such_module_here")
     assert bad.returncode == 2 and "no_such_module_here" in bad.stderr
 

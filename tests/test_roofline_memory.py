@@ -66,7 +66,7 @@ def test_saved_bytes_of_hand_written_impls_are_their_activation_buffers():
     p = Problem(batch=4, length=10, input_size=6, hidden=8, layers=2)
     inputs = make_inputs(p)
     per_layer = 4 * (10 * 4 * 32 + 2 * 11 * 4 * 8 + 10 * 4 * 8)  # gates; h, c (T+1 rows); tanh_c (T rows)
-    for name in ("fused", "cupy"):
+    for name in ("fused", "numpy"):
         impl = discover().get(name)(p, inputs.weights)
         assert saved_bytes(impl, inputs) == 2 * per_layer, name
 

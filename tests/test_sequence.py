@@ -41,7 +41,7 @@ def test_clipping_choice():
         clipping_for(reg.get("cudnn"), "gate")
 
 
-@pytest.mark.parametrize("name", ["fused", "cupy", "modular"])
+@pytest.mark.parametrize("name", ["fused", "numpy", "modular"])
 def test_gate_clipping_inside_backward_agrees(name, small):
     """Gate clipping changes the gradients, and every implementation that offers it agrees."""
     inputs = make_inputs(small.replace(dtype="float64"))
@@ -69,21 +69,21 @@ def test_cudnn_refuses_gate_clipping(small):
 
 def test_training_agreement_catches_a_mutant():
     good = train(discover().get("fused"), "caffe", iterations=30)
-    assert agrees(training_gaps(good, train(discover().get("cupy"), "caffe", iterations=30)))
+    assert agrees(training_gaps(good, train(discover().get("numpy"), "caffe", iterations=30)))
     gaps = training_gaps(good, train(ForgetBiasOffByOne, "caffe", iterations=30))
     assert not agrees(gaps) and gaps["curve"] > 1e-4
 
 
 def test_cli_trains_generates_and_writes(tmp_path, capsys):
-    assert main(["--config", "lstm_short", "--impl", "cupy,cudnn", "--iters", "40", "--out", str(tmp_path)]) == 0
+    assert main(["--config", "lstm_short", "--impl", "numpy,cudnn", "--iters", "40", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "lstm_short | cupy | seed 0 | 40 iterations | NMSE" in out and "iterations/s" in out
+    assert "lstm_short | numpy | seed 0 | 40 iterations | NMSE" in out and "iterations/s" in out
     assert "global gradient norm clipped" in out  # cudnn cannot clip gates: says which clipping ran
-    log = (tmp_path / "lstm_short-cupy.log").read_text().splitlines()
+    log = (tmp_path / "lstm_short-numpy.log").read_text().splitlines()
     assert log[0].startswith("# lstm_short") and "target prediction" in log
     pairs = log[log.index("target prediction") + 1:]
     assert len(pairs) == 320 and all(len(p.split()) == 2 for p in pairs)
-    assert (tmp_path / "lstm_short-cupy.png").stat().st_size > 10_000
+    assert (tmp_path / "lstm_short-numpy.png").stat().st_size > 10_000
     losses = (tmp_path / "lstm_short-cudnn-loss.csv").read_text().splitlines()
     assert losses[0] == "iteration,loss" and len(losses) == 41
 
@@ -181,7 +181,7 @@ def test_a_directory_in_the_way_is_refused_even_with_overwrite(tmp_path, capsys,
 
 def test_output_names_keep_a_dotted_implementation_name(tmp_path):
     cls = type("Dotted", (ForgetBiasOffByOne,), {"name": "fused.v2"})
-    args = argparse.Namespace(out=tmp_path, no_plot=False, seeds=[0])
+    args = argparse.Namespace(out=tmp_path, no_plots=False, seeds=[0])
     assert [p.name for p in sequence.output_paths(CONFIGS["lstm_short"], cls, args)] == [
         "lstm_short-fused.v2.log", "lstm_short-fused.v2-loss.csv", "lstm_short-fused.v2.png"]
 
@@ -189,7 +189,7 @@ def test_output_names_keep_a_dotted_implementation_name(tmp_path):
 @pytest.mark.parametrize("config", ["lstm_short", "lstm_long", "deep_lstm_short", "deep_lstm_long"])
 def test_every_configuration_runs_through_every_implementation(config, tmp_path, capsys):
     impls = [r.name for r in discover() if r.cls.supports(_cpu_probe()).ok]
-    assert {"cudnn", "fused", "modular", "cupy"} <= set(impls)
+    assert {"cudnn", "fused", "modular", "numpy"} <= set(impls) and "cupy" not in impls  # cupy: CUDA only
     assert main(["--config", config, "--impl", ",".join(impls), "--iters", "2", "--out", str(tmp_path),
                  "--no-plot"]) == 0
     out = capsys.readouterr().out
@@ -201,9 +201,9 @@ def test_every_configuration_runs_through_every_implementation(config, tmp_path,
 
 
 def test_the_loss_falls_through_the_cli(tmp_path):
-    assert main(["--config", "lstm_short", "--impl", "cupy", "--iters", "300", "--out", str(tmp_path),
+    assert main(["--config", "lstm_short", "--impl", "numpy", "--iters", "300", "--out", str(tmp_path),
                  "--no-plot"]) == 0
-    losses = (tmp_path / "lstm_short-cupy-loss.csv").read_text().splitlines()[1:]
+    losses = (tmp_path / "lstm_short-numpy-loss.csv").read_text().splitlines()[1:]
     first, last = float(losses[0].split(",")[1]), float(losses[-1].split(",")[1])
     assert last < 0.5 * first
 

@@ -1,4 +1,4 @@
-"""The seed's example as the seed trains it: one bias a layer, its learning-rate multipliers, several
+"""The Caffe LSTM's example as the Caffe LSTM trains it: one bias a layer, its learning-rate multipliers, several
 seeds, and runs that repeat bit for bit."""
 
 import json
@@ -92,7 +92,7 @@ def test_the_log_header_says_what_trained(tmp_path):
     assert main(["--config", "deep_lstm_short", "--impl", "fused", "--iters", "2", "--out", str(tmp_path),
                  "--no-plot", "--lr-mult", "out.bias=2", "--lr-mult", "lstm3.w_hh=0.5"]) == 0
     header = (tmp_path / "deep_lstm_short-fused.log").read_text().splitlines()
-    assert header[4] == ("# network: one trained bias a layer (the seed's); learning-rate multipliers: "
+    assert header[4] == ("# network: one trained bias a layer (the Caffe LSTM's); learning-rate multipliers: "
                          "lstm1.bias x2, lstm3.w_hh x0.5, out.bias x2")
     assert header[5].startswith("# ran on CPU: ") and header[6] == "target prediction"
     assert "(chosen by measuring here" in header[0]  # fused names the path it chose, not "at construction"

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from harness.__main__ import main
+from harness.commands.sweep.results import SweepResults, write_atomically
 from harness.contract.problem import Problem
-from harness.reporting.record import RESULTS_KEY, SCHEMA_VERSION, SHARD_KEY
+from harness.record.schema import RESULTS_KEY, SCHEMA_VERSION, SHARD_KEY
 from harness.reporting.results import load_results
-from harness.reporting.sweep import SweepResults, write_atomically
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -129,25 +129,25 @@ def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_debris(tmp_path, 
 
 
 def test_the_plan_is_a_shard_per_problem_or_per_problem_and_implementation():
-    from harness.commands.sweep import plan
+    from harness.commands.sweep.plan import plan_shards
     from harness.contract.registry import discover
 
     opts = {k: None for k in ("lstm_batch", "lstm_length", "lstm_hidden", "lstm_input", "lstm_layers", "lstm_dtype",
                               "lstm_device", "lstm_seed", "lstm_min_rounds", "lstm_warmup", "lstm_max_time")}
     opts |= {"lstm_grid": "smoke", "lstm_impls": "cudnn,fused", "lstm_rounds": "2", "plugins": [], "split": "problem"}
-    shards, grid = plan(opts, "cpu", discover())
+    shards, grid = plan_shards(opts, "cpu", discover())
     assert grid.name == "smoke" and [s.key for s in shards] == [
         "B5-T7-I12-H16-L2-float32-cpu", "B1-T7-I12-H16-L2-float32-cpu", "B5-T3-I12-H16-L2-float32-cpu",
         "B1-T3-I12-H16-L2-float32-cpu"]
     args = list(shards[1].args)
     assert args[args.index("--lstm-batch") + 1] == "1" and args[args.index("--lstm-input") + 1] == "12"
     assert args[args.index("--lstm-impls") + 1] == "cudnn,fused" and args[args.index("--lstm-rounds") + 1] == "2"
-    shards, _ = plan(opts | {"split": "impl"}, "cpu", discover())
+    shards, _ = plan_shards(opts | {"split": "impl"}, "cpu", discover())
     assert len(shards) == 8 and shards[1].key == "B5-T7-I12-H16-L2-float32-cpu/fused" and shards[1].impls == ("fused",)
 
 
 def test_on_each_places_every_shard_once_per_gpu_model_or_per_node():
-    from harness.commands.sweep import SweepError, placements
+    from harness.commands.sweep.plan import SweepError, placements
 
     resources = {"GPU": 3, "CPU": 48, "accelerator_type:H100": 2, "accelerator_type:A100": 1}
     assert placements("gpu-model", "cuda", resources, []) == [
@@ -164,7 +164,7 @@ def test_on_each_places_every_shard_once_per_gpu_model_or_per_node():
 
 
 def test_what_a_node_lacks_is_named_with_how_to_ship_it():
-    from harness.measuring.shard import missing_here
+    from harness.commands.sweep.shard import missing_here
 
     assert missing_here({"plugins": ["dying_plugin"], "entry_points": {}}) is None  # tests/ is on this path
     lacking = missing_here({"plugins": ["no_such_plugin"]})

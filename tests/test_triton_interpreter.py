@@ -69,7 +69,7 @@ from harness.contract.agreement import relative_error
 from harness.contract.inputs import make_inputs
 from harness.contract.problem import Problem
 from impls.fused import FusedLSTM
-from impls.kernels import triton_lstm as kernels
+from impls.kernels import triton_cell_kernels as kernels
 from impls.triton_lstm import TritonLSTM
 
 problem = Problem(batch=3, length=5, input_size=7, hidden=24, layers=2, dtype="float64")

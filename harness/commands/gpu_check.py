@@ -1,12 +1,17 @@
-"""`python -m harness.gpu_check --out DIR`: the whole GPU check in one command, offline.
+"""`python -m harness gpu-check --out DIR`: the whole GPU check in one command, offline.
 
 For a machine lent for a few minutes, with no network and nothing to install: it runs from a
-plain checkout (`PYTHONPATH=. python3 -m harness.gpu_check --out DIR`) with the packages
-already there (torch with CUDA, CuPy, pytest, pytest-benchmark, pandas, seaborn), loading the
-pytest plugins by name rather than through installed entry points. Each step writes its log
-under DIR and reports ok, failed or skipped (with the reason); a failed step never stops the
-ones after it. Without a CUDA device it runs what the CPU can (and says which steps it skipped),
-so the script itself is tested on machines without a GPU.
+plain checkout (`PYTHONPATH=. python3 -m harness gpu-check --out DIR`) with the packages already
+there (torch with CUDA, CuPy, pytest, pytest-benchmark, pandas, seaborn), loading the pytest plugins
+by name rather than through installed entry points.
+
+The check is a list of steps, each one command (a harness command or a pytest run of suites/ or
+tests/) in a process group of its own, its output written straight into DIR/<step>.log as it comes
+(a step stopped at its cap keeps what it wrote), with its own cap in seconds; at the cap the whole
+group is stopped, children included, before the next step starts. Each step reports ok, failed or
+skipped (with the reason); a failed step never stops the ones after it. Without a CUDA device it
+runs what the CPU can and says which steps it skipped, so the check itself is tested on machines
+without a GPU. It imports no implementation: the steps' commands and tests do.
 
 Every registered implementation takes part in every step that runs implementations: the peers
 (`compiled`, `triton`, and FlashRNN's three backends) too. FlashRNN is not on a bare GPU machine:
@@ -15,17 +20,14 @@ einops`, then `PYTHONPATH=.:.gpu-deps`); without it its rows say "not installed"
 
 Steps: versions; `harness list`; agreement on the smoke grid in every precision mode; agreement
 after set_weights for every implementation; CuPy fed from a busy side stream; the timed smoke
-grid; a few points at the seed's shapes (hidden 2048), timed; the report of both.
+grid; a few points at the Caffe LSTM's shapes (hidden 2048), timed; the report of both.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import importlib.metadata
-import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -37,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[2]  # the checkout: harness/commands/ is
 SKIP = "skipped"
 # Modes per device: the CPU runs no tf32 or float16 (harness.contract.problem.dtype_support).
 MODES = {"cuda": "float32,float64,tf32,bfloat16,float16", "cpu": "float32,float64,bfloat16"}
+STOP_GRACE_SECONDS = 5  # between asking a step's process group to stop (SIGTERM) and killing it
+SMALLEST_CAP = 5  # a step with less time than this left is skipped, not started
 
 
 class Skip(Exception):
@@ -56,227 +60,151 @@ class Check:
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
 
-    def python(self, name: str, *args: str) -> str:
-        """Run `python ARGS` from the checkout with the plugins named explicitly; the output
-        goes to the step's log; a non-zero exit is the step's failure."""
-        if self.remaining() < 5:
-            raise Skip("the time budget is spent")
-        env = dict(_child_env(self), PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")  # installed or not, the same two plugins
+    def impl_option(self) -> list[str]:
+        return ["--lstm-impls", self.impls] if self.impls else []
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step: `command(check)` gives the arguments of `python` (or raises Skip), run from the checkout."""
+
+    name: str
+    cap: float  # the most seconds it may take, whatever is left of the budget
+    command: Callable[[Check], list[str]]
+    cuda: str | None = None  # what needs a GPU, when the step does
+
+    def run(self, check: Check) -> tuple[str, str]:
+        """(status, detail): the command's last line when it succeeds."""
+        log = check.out / f"{self.name}.log"
+        # What the step may take: its cap, or what is left of the budget less the time a stop may take.
+        cap = min(self.cap, check.remaining() - STOP_GRACE_SECONDS)
         try:
-            proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                                  timeout=self.remaining())
-        except subprocess.TimeoutExpired as exc:
-            (self.out / f"{name}.log").write_text(_text(exc.stdout) + _text(exc.stderr))
-            raise RuntimeError(f"stopped at the time budget after {exc.timeout:.0f} s (partial log: {name}.log)") \
-                from None
-        (self.out / f"{name}.log").write_text(proc.stdout + proc.stderr)
-        if proc.returncode != 0:
-            tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or ["(no output)"]
-            raise RuntimeError(f"exit status {proc.returncode}: {tail[0][:300]}")
-        return proc.stdout
-
-    def pytest(self, name: str, *args: str) -> str:
-        return self.python(name, "-m", "pytest", "-p", "harness.measuring.pytest_plugin",
-                           "-p", "pytest_benchmark.plugin", "-p", "no:cacheprovider", "-q",
-                           "--lstm-device", self.device, *(["--lstm-impls", self.impls] if self.impls else []), *args)
-
-
-def _needs_cuda(check: Check, what: str) -> None:
-    if check.device != "cuda":
-        raise Skip(f"{what} needs a CUDA device; none is visible here")
+            if self.cuda and check.device != "cuda":
+                raise Skip(f"{self.cuda} needs a CUDA device; none is visible here")
+            if cap < SMALLEST_CAP:
+                raise Skip("the time budget is spent")
+            args = self.command(check)
+        except Skip as exc:
+            log.write_text(f"[gpu-check] skipped: {exc}\n")  # every step leaves a log, a skipped one too
+            return SKIP, str(exc)
+        code = run_in_group([sys.executable, *args], log, cap, _child_env(check))
+        last = _last_line(log)
+        if code is None:
+            return "failed", f"stopped at its cap of {cap:.0f} s (partial log: {log.name}): {last}"
+        if code != 0:
+            return "failed", f"exit status {code}: {last}"
+        return "ok", last
 
 
-def step_versions(check: Check) -> str:
-    import torch
-
-    from harness.measuring import environment
-
-    info = environment.describe(check.device)
-    lines = [f"{k}: {v}" for k, v in info.items()]
-    try:
-        import cupy
-
-        lines.append(f"cupy CUDA runtime: {cupy.cuda.runtime.runtimeGetVersion()}")
-    except Exception as exc:  # noqa: BLE001 - absent or without a device: say so
-        lines.append(f"cupy CUDA runtime: unavailable ({type(exc).__name__}: {exc})")
-    for name in ("triton", "flashrnn", "einops", "pytest_benchmark", "pandas", "seaborn"):
+def run_in_group(argv: list[str], log: Path, cap: float, env: dict) -> int | None:
+    """Run argv in a new process group, its output straight into `log`; at `cap` seconds stop the whole group
+    (SIGTERM, then SIGKILL after STOP_GRACE_SECONDS). The exit status, or None when it was stopped."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
         try:
-            lines.append(f"{name}: {importlib.metadata.version(name.replace('_', '-'))}")
-        except Exception as exc:  # noqa: BLE001
-            lines.append(f"{name}: unavailable ({type(exc).__name__})")
-    lines.append(f"CUDA visible to torch: {torch.cuda.is_available()}")
-    text = "\n".join(lines)
-    (check.out / "versions.log").write_text(text + "\n")
-    return info["device_name"]
+            return proc.wait(timeout=cap)
+        except subprocess.TimeoutExpired:
+            stop_group(proc)
+            out.write(f"\n[gpu-check] stopped at its cap of {cap:.0f} s\n".encode())
+            return None
+        finally:
+            if proc.poll() is None:  # interrupted (Ctrl-C): leave nothing of ours running
+                stop_group(proc)
 
 
-def step_list(check: Check) -> str:
-    out = check.python("list", "-m", "harness", "list", "--device", check.device)
-    return f"{len(out.strip().splitlines()) - 2} implementation(s) listed"
-
-
-def step_agreement(check: Check) -> str:
-    out = check.pytest("agreement", "suites/test_agreement.py", "--lstm-grid", "smoke",
-                       "--lstm-dtype", MODES[check.device])
-    return out.strip().splitlines()[-1]
-
-
-def step_set_weights(check: Check) -> str:
-    """Every implementation, built with weights A and run once, then given weights B: it must
-    agree with the reference for B (a stale derived copy of A shows up here)."""
-    from harness.contract.agreement import new_agreement, run_and_compare
-    from harness.contract.inputs import Inputs, make_inputs
-    from harness.contract.problem import Problem
-    from harness.contract.reference import compute_reference
-    from harness.contract.registry import discover
-    from harness.measuring.timing import precision
-
-    problem = Problem(batch=3, length=5, input_size=12, hidden=16, layers=2, device=check.device)
-    first, second = make_inputs(problem, seed=1), make_inputs(problem, seed=2)
-    fresh = Inputs(first.x, first.h0, first.c0, second.weights, first.dy, first.dh_n, first.dc_n)
-    reference = compute_reference(fresh)
-    lines, failed = [], []
-    registry = discover()
-    for reg in registry.select(check.impls.split(",") if check.impls else None):
-        support = reg.cls.supports(problem)
-        if not support.ok:
-            lines.append(f"{reg.name}: skipped ({support.reason})")
+def stop_group(proc: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, STOP_GRACE_SECONDS), (signal.SIGKILL, STOP_GRACE_SECONDS)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
             continue
+        # The leader is gone; children it left in the group may not be: one more signal for them.
         try:
-            with precision(problem.dtype):  # as the suites run it: cuDNN's RNN defaults to TF32
-                impl = reg.cls(problem, first.weights)
-                impl.forward(first.x, first.h0, first.c0)
-                impl.backward(first.dy, first.dh_n, first.dc_n)
-                impl.set_weights(second.weights)
-                agreement = run_and_compare(impl, fresh, reference,
-                                            new_agreement(reg.name, problem, "after set_weights"))
-            verdict = agreement.summary()
-        except Exception as exc:  # noqa: BLE001 - one implementation's crash is its own failure
-            verdict, agreement = f"{reg.name}: crashed: {type(exc).__name__}: {exc}", None
-        lines.append(verdict)
-        if agreement is None or not agreement.passed:
-            failed.append(reg.name)
-    (check.out / "set_weights.log").write_text("\n".join(lines) + "\n")
-    if failed:
-        raise RuntimeError(f"disagree after set_weights: {', '.join(failed)}")
-    return f"{sum('passed' in line for line in lines)} implementation(s) agree after set_weights"
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return
 
 
-def step_cupy_side_stream(check: Check) -> str:
-    """Inputs written on a side stream that is still busy when `cupy` is called inside it: an
-    implementation that runs on a stream of its own reads them before they exist."""
-    _needs_cuda(check, "the CuPy stream check")
-    import torch
-
-    from harness.contract.agreement import new_agreement, run_and_compare
-    from harness.contract.inputs import make_inputs
-    from harness.contract.problem import Problem
-    from harness.contract.reference import compute_reference
-    from harness.contract.registry import discover
-    from harness.measuring.timing import precision
-    from impls import cupy_lstm
-
-    reg = discover().registration("cupy")
-    problem = Problem(batch=8, length=16, input_size=64, hidden=64, layers=2, device="cuda")
-    support = reg.cls.supports(problem)
-    if not support.ok:
-        raise Skip(f"cupy cannot run here: {support.reason}")
-    import cupy
-
-    # DLPack hand-offs order a single call correctly whatever stream CuPy uses; what must hold for
-    # back-to-back calls is that its kernels run on torch's current stream: record where they ran.
-    launched = []
-    original = cupy_lstm.CupyGateMath.forward
-
-    def recording(self, *args):
-        launched.append((cupy.cuda.get_current_stream().ptr, torch.cuda.current_stream().cuda_stream))
-        return original(self, *args)
-
-    source = make_inputs(problem, seed=3)
-    reference = compute_reference(source)
-    side = torch.cuda.Stream()
-    big = torch.randn(4096, 4096, device="cuda")
-    side.wait_stream(torch.cuda.current_stream())  # the sources exist before the side stream copies them
-    cupy_lstm.CupyGateMath.forward = recording
+def _last_line(log: Path) -> str:
     try:
-        with torch.cuda.stream(side), precision(problem.dtype):
-            for _ in range(20):  # tens of milliseconds of queued work ahead of the copies
-                big = big @ big.mul_(1e-3)
-            inputs = source.map(lambda t: torch.empty_like(t).copy_(t))
-            impl = reg.cls(problem, inputs.weights)
-            agreement = run_and_compare(impl, inputs, reference, new_agreement("cupy", problem, "busy side stream"))
-    finally:
-        cupy_lstm.CupyGateMath.forward = original
-    torch.cuda.synchronize()
-    elsewhere = [pair for pair in launched if pair[0] != pair[1]]
-    (check.out / "cupy_side_stream.log").write_text(
-        f"{agreement.summary()}\n{agreement.table()}\n{len(launched)} kernel step(s), "
-        f"{len(elsewhere)} on a stream other than torch's current one\n")
-    if not launched or elsewhere:
-        raise RuntimeError(f"{len(elsewhere)} of {len(launched)} CuPy kernel steps ran on a stream other than "
-                           "torch's current one")
-    if not agreement.passed:
-        raise RuntimeError(agreement.summary())
-    return agreement.summary()
+        lines = log.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return (lines[-1] if lines else "(no output)")[:300]
 
 
-def step_smoke(check: Check) -> str:
-    out = check.pytest("smoke", "suites/test_speed.py", "--benchmark-only", "--lstm-grid", "smoke",
+def pytest_args(check: Check, *args: str, harness_options: bool = True) -> list[str]:
+    """`python -m pytest` with the two plugins named explicitly (installed or not, the same two)."""
+    return ["-m", "pytest", "-p", "harness.measuring.pytest_plugin", "-p", "pytest_benchmark.plugin",
+            "-p", "no:cacheprovider", "-q", "-rs",
+            *(["--lstm-device", check.device, *check.impl_option()] if harness_options else []), *args]
+
+
+def versions(check: Check) -> list[str]:
+    return ["-m", "harness.measuring.environment", "--device", check.device]
+
+
+def listing(check: Check) -> list[str]:
+    return ["-m", "harness", "list", "--device", check.device]
+
+
+def agreement(check: Check) -> list[str]:
+    return pytest_args(check, "suites/test_agreement.py", "--lstm-grid", "smoke", "--lstm-dtype", MODES[check.device])
+
+
+def set_weights(check: Check) -> list[str]:
+    # tests/test_set_weights.py runs its CUDA problems where there is a GPU.
+    only = f" and ({' or '.join(check.impls.split(','))})" if check.impls else ""
+    return pytest_args(check, "tests/test_set_weights.py", "-k", "new_weights" + only, harness_options=False)
+
+
+def cupy_side_stream(check: Check) -> list[str]:
+    return pytest_args(check, "tests/test_cupy_side_stream.py", harness_options=False)
+
+
+def smoke(check: Check) -> list[str]:
+    return pytest_args(check, "suites/test_speed.py", "--benchmark-only", "--lstm-grid", "smoke",
                        "--lstm-max-time", str(check.max_time), "--benchmark-json", str(check.out / "smoke.json"),
                        f"--benchmark-storage=file://{check.out / 'benchmarks'}")
-    return out.strip().splitlines()[-1]
 
 
-def step_seed_points(check: Check) -> str:
-    _needs_cuda(check, "hidden 2048 (the seed's shape)")
-    out = check.pytest("seed_points", "suites/test_speed.py", "--benchmark-only", "--lstm-grid", "caffe",
+def caffe_points(check: Check) -> list[str]:
+    return pytest_args(check, "suites/test_speed.py", "--benchmark-only", "--lstm-grid", "caffe",
                        "--lstm-length", "20", "--lstm-max-time", str(check.max_time),
-                       "--benchmark-json", str(check.out / "seed.json"),
+                       "--benchmark-json", str(check.out / "caffe.json"),
                        f"--benchmark-storage=file://{check.out / 'benchmarks'}")
-    return out.strip().splitlines()[-1]
 
 
-def step_report(check: Check) -> str:
-    files = [str(p) for p in (check.out / "smoke.json", check.out / "seed.json") if p.exists()]
+def report(check: Check) -> list[str]:
+    files = [str(p) for p in (check.out / "smoke.json", check.out / "caffe.json") if p.exists()]
     if not files:
         raise Skip("no timed run wrote results")
-    check.python("report", "-m", "harness.report", *files, "--out-dir", str(check.out), "--name", "gpu-check",
-                 "--baseline", "cudnn", *([] if check.plots else ["--no-plots"]))
-    return f"{check.out / 'gpu-check.md'} from {len(files)} results file(s)"
+    return ["-m", "harness", "report", *files, "--out-dir", str(check.out), "--name", "gpu-check",
+            "--baseline", "cudnn", *([] if check.plots else ["--no-plots"])]
 
 
-STEPS: list[tuple[str, Callable[[Check], str]]] = [
-    ("versions", step_versions), ("list", step_list), ("agreement", step_agreement),
-    ("set_weights", step_set_weights), ("cupy_side_stream", step_cupy_side_stream), ("smoke", step_smoke),
-    ("seed_points", step_seed_points), ("report", step_report),
+# Caps estimated on an H200: versions and list seconds, agreement and the Caffe LSTM points a minute or two (the
+# float64 references), smoke about a minute. One hung step must leave time for the others.
+STEPS = [
+    Step("versions", 60, versions), Step("list", 90, listing), Step("agreement", 180, agreement),
+    Step("set_weights", 120, set_weights), Step("cupy_side_stream", 90, cupy_side_stream, cuda="the CuPy stream check"),
+    Step("smoke", 150, smoke), Step("caffe_points", 180, caffe_points, cuda="hidden 2048 (the Caffe LSTM's shape)"),
+    Step("report", 90, report),
 ]
 
 
-# The most each step may take (seconds), whatever is left of the budget: one hung step must
-# leave time for the others. Estimated on an H200: versions and list seconds, agreement and the
-# seed points a minute or two (the float64 references), smoke about a minute.
-STEP_CAPS = {"versions": 60, "list": 90, "agreement": 180, "set_weights": 90, "cupy_side_stream": 60,
-             "smoke": 150, "seed_points": 180, "report": 90}
-
-
 def run_steps(check: Check, steps=STEPS) -> list[dict]:
-    """Each step in this process (the tests use this with fake steps)."""
-    for name, step in steps:
+    for step in steps:
         started = time.monotonic()
-        detail, status = _run_one(check, step)
-        _record(check, name, status, detail, time.monotonic() - started)
+        status, detail = step.run(check)
+        _record(check, step.name, status, detail, time.monotonic() - started)
     return check.results
-
-
-def _run_one(check: Check, step) -> tuple[str, str]:
-    captured = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(captured):
-            return step(check), "ok"
-    except Skip as exc:
-        return str(exc), SKIP
-    except Exception as exc:  # noqa: BLE001 - a failed step is reported; the next one still runs
-        return f"{type(exc).__name__}: {exc}", "failed"
 
 
 def _record(check: Check, name: str, status: str, detail: str, seconds: float) -> None:
@@ -287,46 +215,11 @@ def _record(check: Check, name: str, status: str, detail: str, seconds: float) -
     (check.out / "summary.json").write_text(json.dumps(check.results, indent=1) + "\n")
 
 
-def run_steps_isolated(check: Check, args: list[str]) -> list[dict]:
-    """Each step in a child process of its own, with its own time cap: a hang, a crash of a CUDA
-    library or a poisoned CUDA context costs that step only."""
-    for name, _ in STEPS:
-        started = time.monotonic()
-        cap = min(STEP_CAPS[name], check.remaining())
-        if cap < 5:
-            _record(check, name, SKIP, "the time budget is spent", 0)
-            continue
-        result_file = check.out / f"step-{name}.json"
-        result_file.unlink(missing_ok=True)
-        try:
-            proc = subprocess.run([sys.executable, "-m", "harness.commands.gpu_check", *args, "--step", name,
-                                   "--budget", str(cap)], cwd=ROOT, capture_output=True, text=True, timeout=cap,
-                                  env=_child_env(check))
-            output = proc.stdout + proc.stderr
-        except subprocess.TimeoutExpired as exc:
-            output = _text(exc.stdout) + _text(exc.stderr)
-            proc = None
-        (check.out / f"step-{name}.out").write_text(output)
-        if result_file.exists():
-            outcome = json.loads(result_file.read_text())
-            status, detail = outcome["status"], outcome["detail"]
-        elif proc is None:
-            status, detail = "failed", f"stopped at its cap of {cap:.0f} s (output in step-{name}.out)"
-        else:
-            last = output.strip().splitlines()[-1:] or ["(no output)"]
-            status, detail = "failed", f"the step's process died (exit status {proc.returncode}): {last[0][:300]}"
-        _record(check, name, status, detail, time.monotonic() - started)
-    return check.results
-
-
-def _text(value) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else (value or "")
-
-
 def _child_env(check: Check) -> dict:
     # CuPy compiles its kernels into a cache under $HOME by default; the lent machine's may not be writable.
     return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-                CUPY_CACHE_DIR=os.environ.get("CUPY_CACHE_DIR", str(check.out / "cupy-cache")))
+                CUPY_CACHE_DIR=os.environ.get("CUPY_CACHE_DIR", str(check.out / "cupy-cache")),
+                PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
 
 
 def summary(check: Check) -> str:
@@ -351,9 +244,8 @@ def add_arguments(parser) -> None:
                         help="seconds for all steps together (default 420); each step also has its own cap")
     parser.add_argument("--max-time", type=options.positive(float), default=0.3,
                         help="--lstm-max-time of the timed steps")
-    parser.add_argument("--no-plots", action="store_true", help="report without figures")
+    options.add_no_plots(parser, help="report without figures")
     options.add_impl(parser, default=None, help="only these implementations, comma-separated (default: every one)")
-    parser.add_argument("--step", choices=[name for name, _ in STEPS], help=argparse.SUPPRESS)  # one step, in a child
 
 
 def run(args) -> int:
@@ -368,27 +260,9 @@ def run(args) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible to torch")
     check = Check(args.out, device, args.max_time, not args.no_plots, time.monotonic() + args.budget, impls=args.impl)
-    if args.step:
-        detail, status = _run_one(check, dict(STEPS)[args.step])
-        (args.out / f"step-{args.step}.json").write_text(json.dumps({"status": status, "detail": detail}))
-        return 0
     print(f"GPU check on {device}, everything under {args.out}", flush=True)
-    child_args = ["--out", str(args.out), "--device", device, "--max-time", str(args.max_time),
-                  *(["--no-plots"] if args.no_plots else []), *(["--impl", args.impl] if args.impl else [])]
-    run_steps_isolated(check, child_args)
+    run_steps(check)
     text = summary(check)
     (args.out / "summary.md").write_text(text + "\n")
     print("\n" + text)
     return 1 if any(r["status"] == "failed" for r in check.results) else 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m harness.gpu_check` (and the steps' child processes): `python -m harness gpu-check`."""
-    from harness.__main__ import main as harness_main
-
-    return harness_main(["gpu-check", *(sys.argv[1:] if argv is None else argv)],
-                        command_prog="python -m harness.gpu_check")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

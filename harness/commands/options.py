@@ -57,7 +57,13 @@ def add_device(parser, *, choices: bool = True, aliases=(), help: str | None = N
 
 
 def add_impl(parser, *, default: str, help: str) -> None:
-    parser.add_argument("--impl", default=default, help=help)
+    """--impls (the spelling of the pytest option and the sweep), also taken as --impl."""
+    parser.add_argument("--impls", "--impl", dest="impl", default=default, metavar="NAME[,NAME..]", help=help)
+
+
+def add_no_plots(parser, *, help: str) -> None:
+    """--no-plots, also taken as --no-plot: one spelling for every command that draws figures."""
+    parser.add_argument("--no-plots", "--no-plot", dest="no_plots", action="store_true", help=help)
 
 
 def add_plugin(parser) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 HELP = "redraw a sequence run's figure from its log, without retraining"
-EXAMPLE = "python -m harness replot reports/sequence/lstm_short-cupy.log"
+EXAMPLE = "python -m harness replot reports/sequence/lstm_short-fused.log"
 
 
 def add_arguments(parser) -> None:

@@ -1,4 +1,4 @@
-"""`python -m harness report [RESULTS.json ...]`: the seed's tables from benchmark results.
+"""`python -m harness report [RESULTS.json ...]`: the Caffe LSTM's tables from benchmark results.
 
 One table per problem, `| Code | Forward (ms) | Backward (ms) | Total (ms) |` with medians,
 the fastest of each column in bold, and speedups against a baseline implementation.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from harness.commands import options
 
-HELP = "render the seed's tables (markdown, figures, CSV) from benchmark results"
+HELP = "render the Caffe LSTM's tables (markdown, figures, CSV) from benchmark results"
 EXAMPLE = "python -m harness report results.json --baseline cudnn --name run1 --csv run1.csv"
 
 
@@ -28,10 +28,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out-dir", type=Path, default=Path("reports"), help="where the report goes")
     parser.add_argument("--csv", type=Path, metavar="FILE", help="also write every timing as a flat CSV table")
     parser.add_argument("--storage", type=Path, default=DEFAULT_STORAGE, help="where the benchmark run saved")
-    parser.add_argument("--no-plots", action="store_true", help="skip the seaborn figures")
+    options.add_no_plots(parser, help="skip the seaborn figures")
 
 
-PREFERRED_BASELINES = ("modular", "cudnn")  # the seed's baseline, then the vendor's
+PREFERRED_BASELINES = ("modular", "cudnn")  # the Caffe LSTM's baseline, then the vendor's
 
 
 def default_baseline(known: list[str]) -> str:

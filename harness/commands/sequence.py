@@ -1,6 +1,6 @@
-"""`python -m harness sequence`: the seed's example through any registered implementation.
+"""`python -m harness sequence`: the Caffe LSTM's example through any registered implementation.
 
-Trains an LSTM (+ a linear head) to generate the seed's fixed sequence from zero input, then
+Trains an LSTM (+ a linear head) to generate the Caffe LSTM's fixed sequence from zero input, then
 generates it step by step, and writes per configuration and implementation:
 <out>/<config>-<impl>.log (header, then "target prediction" per step), <out>/<config>-<impl>-loss.csv
 and <out>/<config>-<impl>.png (target as dots, prediction as a line, and the loss curve).
@@ -14,8 +14,8 @@ from pathlib import Path
 
 from harness.commands import options
 
-HELP = "train the seed's example LSTM to generate its sequence, through any implementation"
-EXAMPLE = "python -m harness sequence --config lstm_short --impl fused,cupy --iters 20000"
+HELP = "train the Caffe LSTM's example LSTM to generate its sequence, through any implementation"
+EXAMPLE = "python -m harness sequence --config lstm_short --impl fused,numpy --iters 20000"
 
 
 def add_arguments(p) -> None:
@@ -25,10 +25,10 @@ def add_arguments(p) -> None:
     p.add_argument("--config", default="lstm_short", help=f"one of {', '.join(CONFIGS)}, or 'all'")
     options.add_impl(p, default="fused", help="implementation(s), comma-separated, or 'all' (registered ones)")
     p.add_argument("--iters", type=options.positive(int), default=100_000,
-                   help="training iterations (the seed: 100000)")
+                   help="training iterations (the Caffe LSTM: 100000)")
     p.add_argument("--lr", type=options.positive(float),
-                   help="learning rate (default: the seed's for the configuration)")
-    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="sgd: momentum 0.95, as the seed")
+                   help="learning rate (default: the Caffe LSTM's for the configuration)")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="sgd: momentum 0.95, as the Caffe LSTM")
     p.add_argument("--clipping", choices=CLIPPING_MODES, default="auto",
                    help="auto: gate clipping inside backward where the implementation can, else global norm")
     p.add_argument("--norm-clip", type=options.positive(float), default=1.0, help="threshold of the global-norm clip")
@@ -44,19 +44,19 @@ def add_arguments(p) -> None:
                    help="runs trained at a time, each in its own process with the threads divided among them "
                         "(each run's log names its thread count; iterations/s depend on it)")
     p.add_argument("--biases", type=int, choices=BIAS_CHOICES, default=1,
-                   help="trained biases per LSTM layer: 1, the seed's (default); 2, torch.nn.LSTM's b_ih and b_hh, "
-                        "each moving at the full rate")
+                   help="trained biases per LSTM layer: 1, the Caffe LSTM's (default); 2, torch.nn.LSTM's b_ih "
+                        "and b_hh, each moving at the full rate")
     mults = "; ".join(f"{name}: {describe_lr_mults(lr_multipliers(c))}" for name, c in CONFIGS.items())
     p.add_argument("--lr-mult", type=lr_mult_list, action="append", default=[], metavar="NAME=X[,NAME=X..]",
-                   help=f"learning-rate multipliers beyond the seed's ({mults}); names: lstmL.w_ih, lstmL.w_hh, "
+                   help=f"learning-rate multipliers beyond the Caffe LSTM's ({mults}); names: lstmL.w_ih, lstmL.w_hh, "
                         "lstmL.bias (with --biases 2: lstmL.b_ih, lstmL.b_hh; lstmL.bias names both), out.weight, "
-                        "out.bias; repeatable. The seed's published figures came from an older version of its "
+                        "out.bias; repeatable. The Caffe LSTM's published figures came from an older version of its "
                         "solvers: float64 and out.bias=2")
     p.add_argument("--dtype", choices=DTYPES, default="float32")
     options.add_device(p, choices=False)
     options.add_plugin(p)
     p.add_argument("--out", type=Path, default=Path("reports") / "sequence", help="output folder")
-    p.add_argument("--no-plot", action="store_true", help="skip the figure")
+    options.add_no_plots(p, help="skip the figures")
     p.add_argument("--overwrite", action="store_true", help="replace the output files of an earlier run")
 
 

@@ -246,7 +246,7 @@ def check_agreement(impl_cls: type[Impl], problem: Problem, seed: int = 0,
     """
     if inputs is None:  # the seeded set 0, whose reference is cached
         inputs, reference = make_inputs(problem, seed), reference_for(problem, seed)
-    else:  # the inputs given, never regenerated from the seed
+    else:  # the inputs given, never regenerated from the random seed
         reference = compute_reference(inputs)
     impl = impl_cls(problem, inputs.weights)
     agreement = run_and_compare(impl, inputs, reference, new_agreement(impl_cls.name, problem, "input set 0"))

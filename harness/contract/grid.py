@@ -31,9 +31,9 @@ GRIDS: dict[str, Grid] = {
     "caffe": Grid("caffe", (20, 4), (100, 20), (2048,), (3,), None,
                   "the Caffe project's table: batch {20,4} x length {100,20}, 3 layers, hidden = input = 2048"),
     "cpu": Grid("cpu", (20, 4), (100, 20), (512,), (3,), None,
-                "the seed's batch {20,4} x length {100,20} at hidden = input = 512, 3 layers; "
+                "the Caffe LSTM's batch {20,4} x length {100,20} at hidden = input = 512, 3 layers; "
                 "about 5 minutes on 2 CPU cores with every implementation"),
-    # Batch 1 (where the seed's example trains) beside 5 (row-mixing bugs need two rows or more).
+    # Batch 1 (where the Caffe LSTM's example trains) beside 5 (row-mixing bugs need two rows or more).
     "smoke": Grid("smoke", (5, 1), (7, 3), (16,), (2,), (12,),
                   "tiny: batch {5,1} x length {7,3}, 2 layers, input 12, hidden 16; seconds, for CI"),
 }
@@ -124,7 +124,7 @@ def build_problems(grid: Grid, device: str, dtypes: Sequence[str] = ("float32",)
         if dtype not in DTYPES:
             raise GridError(f"--lstm-dtype: unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
     problems = []
-    # Length outer, batch inner: the order of the seed's tables.
+    # Length outer, batch inner: the order of the Caffe LSTM's tables.
     for t, b, h, l, dtype in itertools.product(length or grid.length, batch or grid.batch,
                                                hidden or grid.hidden, layers or grid.layers, dtypes):
         if input_size:
@@ -132,7 +132,7 @@ def build_problems(grid: Grid, device: str, dtypes: Sequence[str] = ("float32",)
         elif grid.input_size and not hidden:
             widths = grid.input_size
         else:
-            widths = (h,)  # the seed's shape: input width = hidden
+            widths = (h,)  # the Caffe LSTM's shape: input width = hidden
         for i in widths:
             problems.append(Problem(batch=b, length=t, input_size=i, hidden=h, layers=l,
                                     dtype=dtype, device=device))

@@ -15,30 +15,7 @@ from typing import ClassVar
 import torch
 
 from harness.contract.inputs import LayerWeights
-from harness.contract.problem import Problem
-
-
-@dataclass(frozen=True)
-class Support:
-    """Whether an implementation can run a problem here. `ok` with `timed` False: it can be checked
-    for agreement but its times would mean nothing (Triton's CPU interpreter, say); `reason` says why."""
-
-    ok: bool
-    reason: str = ""
-    timed: bool = True
-
-    @classmethod
-    def yes(cls) -> Support:
-        return cls(True)
-
-    @classmethod
-    def no(cls, reason: str) -> Support:
-        return cls(False, reason, timed=False)
-
-    @classmethod
-    def check_only(cls, reason: str) -> Support:
-        """Agreement yes, timing no: the speed suite lists it as not timed, with `reason`."""
-        return cls(True, reason, timed=False)
+from harness.contract.problem import Problem, Support  # noqa: F401 - Support: part of this module's API
 
 
 @dataclass
@@ -76,7 +53,7 @@ class Impl(abc.ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     # True: backward(..., gate_clip=theta) clamps every gate pre-activation gradient to
-    # [-theta, theta] before it propagates (the seed's clipping_threshold).
+    # [-theta, theta] before it propagates (the Caffe LSTM's clipping_threshold).
     gate_clipping: ClassVar[bool] = False
 
     def __init__(self, problem: Problem, weights: list[LayerWeights]) -> None:

@@ -129,7 +129,7 @@ def make_inputs(problem: Problem, seed: int = 0, variant: int = AGREEMENT_SET) -
     Everything is drawn uniform in +-1/sqrt(H) (nn.LSTM's weight init) on the CPU in float64,
     then rounded to the problem's dtype, so a given (problem, seed, variant) is the same data on
     every machine and the float64 reference can start from the very same values. The weights
-    depend on the seed only: every input set of a point runs through one prepared
+    depend on the random seed only: every input set of a point runs through one prepared
     implementation. Nothing is zero: zeros can run faster than real data and hide bugs.
     """
     if isinstance(variant, bool) or not isinstance(variant, int) or not 0 <= variant < SATURATING_STREAM:

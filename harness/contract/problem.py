@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from harness.contract.impl import Support
 
 # Precision modes and the torch dtype each stores, by name. Kept here so the problem, the
 # agreement table and the option parser all agree on which modes exist. tf32 stores float32 and
@@ -19,6 +15,29 @@ if TYPE_CHECKING:
 DTYPE_STORAGE = {"float32": "float32", "float64": "float64", "tf32": "float32", "bfloat16": "bfloat16",
                  "float16": "float16"}
 DTYPES = tuple(DTYPE_STORAGE)
+
+
+@dataclass(frozen=True)
+class Support:
+    """Whether an implementation can run a problem here. `ok` with `timed` False: it can be checked
+    for agreement but its times would mean nothing (Triton's CPU interpreter, say); `reason` says why."""
+
+    ok: bool
+    reason: str = ""
+    timed: bool = True
+
+    @classmethod
+    def yes(cls) -> Support:
+        return cls(True)
+
+    @classmethod
+    def no(cls, reason: str) -> Support:
+        return cls(False, reason, timed=False)
+
+    @classmethod
+    def check_only(cls, reason: str) -> Support:
+        """Agreement yes, timing no: the speed suite lists it as not timed, with `reason`."""
+        return cls(True, reason, timed=False)
 
 
 def torch_dtype(dtype: str):
@@ -29,11 +48,8 @@ def torch_dtype(dtype: str):
 
 
 def dtype_support(device: str, dtype: str) -> Support:
-    """Whether `device` runs precision mode `dtype` as a real mode (not an emulation), and why
-    not: a harness.contract.impl.Support."""
+    """Whether `device` runs precision mode `dtype` as a real mode (not an emulation), and why not."""
     import torch
-
-    from harness.contract.impl import Support  # imports torch: only when asked
 
     if dtype in ("float32", "float64"):
         return Support.yes()

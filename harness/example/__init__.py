@@ -1,1 +1,1 @@
-"""The seed's example: an LSTM trained to generate a fixed sequence through any implementation."""
+"""The Caffe LSTM's example: an LSTM trained to generate a fixed sequence through any implementation."""

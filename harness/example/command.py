@@ -1,7 +1,7 @@
-"""The seed's example through any registered implementation (its command line: `python -m harness sequence`,
+"""The Caffe LSTM's example through any registered implementation (its command line: `python -m harness sequence`,
 harness.commands.sequence).
 
-Trains an LSTM (+ a linear head) to generate the seed's fixed sequence from zero input, then
+Trains an LSTM (+ a linear head) to generate the Caffe LSTM's fixed sequence from zero input, then
 generates it step by step, and writes per configuration and implementation:
 <out>/<config>-<impl>.log (header, then "target prediction" per step), <out>/<config>-<impl>-loss.csv
 and <out>/<config>-<impl>.png (target as dots, prediction as a line, and the loss curve).
@@ -23,6 +23,7 @@ import pandas as pd
 from tabulate import tabulate
 from tqdm import tqdm
 
+from harness.example.seeds import SEEDS_TABLE
 from harness.example.task import (
     CHUNK,
     Trainer,
@@ -41,17 +42,16 @@ DTYPES = ("float32", "float64")
 
 
 SEED_MAX = 2**63 - 1  # as --lstm-seed: a signed 64-bit seed
-SEEDS_TABLE = "seeds"  # <out>/seeds.md and seeds.json: the several-seeds summary
 
 
 def output_paths(config, cls, args, seed: int | None = None) -> list[Path]:
-    """The files one (configuration, implementation, seed) run writes, in the order written; the seed
+    """The files one (configuration, implementation, seed) run writes, in the order written; the Caffe LSTM
     is in the name only when the command trains several."""
     stem = f"{config.name}-{cls.name}"  # not Path.with_suffix: a name may hold a dot
     if len(args.seeds) > 1:
         stem += f"-seed{seed}"
     paths = [args.out / f"{stem}.log", args.out / f"{stem}-loss.csv"]
-    return paths if args.no_plot else [*paths, args.out / f"{stem}.png"]
+    return paths if args.no_plots else [*paths, args.out / f"{stem}.png"]
 
 
 def supported_pairs(args) -> list[tuple]:
@@ -64,7 +64,7 @@ def summary_paths(args) -> list[Path]:
     """The several-seeds summary (a table, its data, a figure per configuration and implementation)."""
     if len(args.seeds) < 2:
         return []
-    figures = [] if args.no_plot else [args.out / f"{SEEDS_TABLE}-{config.name}-{cls.name}.png"
+    figures = [] if args.no_plots else [args.out / f"{SEEDS_TABLE}-{config.name}-{cls.name}.png"
                                         for config, cls in supported_pairs(args)]
     return [args.out / f"{SEEDS_TABLE}.md", args.out / f"{SEEDS_TABLE}.json", *figures]
 
@@ -208,7 +208,8 @@ def write_outputs(run: dict, args) -> list[Path]:
     backend = run["backend"]  # what trained (generation runs single steps)
     training = (f"{args.iters} iterations of {args.optimizer} (lr {run['lr']:g}"
                 f"{', momentum 0.95' if args.optimizer == 'sgd' else ''})")
-    biases = "one trained bias a layer (the seed's)" if args.biases == 1 else "two trained biases a layer (b_ih, b_hh)"
+    biases = ("one trained bias a layer (the Caffe LSTM's)" if args.biases == 1
+              else "two trained biases a layer (b_ih, b_hh)")
     network = f"{biases}; learning-rate multipliers: {describe_lr_mults(run['lr_mults'])}"
     machine = run["machine"]
     header = [

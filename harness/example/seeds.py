@@ -1,10 +1,10 @@
-"""Several seeds of the seed's example: how often a net learns its sequence, and the spread.
+"""Several seeds of the Caffe LSTM's example: how often a net learns its sequence, and the spread.
 
 One seed says little about a training recipe: the same net learns from one initialisation and
 saturates from another. `python -m harness sequence --seeds N` trains each (configuration,
 implementation) from N seeds and this module writes what they add up to: <out>/seeds.md (a table:
 how many learned, NMSE median and range, every seed's NMSE, the command that made it), seeds.json
-(the same as data) and, unless --no-plot, one figure per configuration and implementation with every
+(the same as data) and, unless --no-plots, one figure per configuration and implementation with every
 seed's generated sequence and loss curve.
 """
 
@@ -19,6 +19,8 @@ from pathlib import Path
 import pandas as pd
 
 from harness.example.task import describe_lr_mults
+
+SEEDS_TABLE = "seeds"  # <out>/seeds.md and seeds.json: the several-seeds summary
 
 
 def summary_rows(runs: list[dict], threshold: float) -> list[dict]:
@@ -91,9 +93,7 @@ def _finite_or_null(value):
 
 
 def write_summary(runs: list[dict], args) -> list[Path]:
-    """seeds.md, seeds.json and (unless --no-plot) a figure per configuration and implementation."""
-    from harness.example.command import SEEDS_TABLE
-
+    """seeds.md, seeds.json and (unless --no-plots) a figure per configuration and implementation."""
     rows = summary_rows(runs, args.success_nmse)
     table, data = args.out / f"{SEEDS_TABLE}.md", args.out / f"{SEEDS_TABLE}.json"
     table.write_text(markdown(rows, runs, args))
@@ -101,7 +101,7 @@ def write_summary(runs: list[dict], args) -> list[Path]:
                                                  "iterations": args.iters, "rows": rows}), indent=1,
                                allow_nan=False) + "\n")
     written = [table, data]
-    if not args.no_plot:
+    if not args.no_plots:
         from harness.example.plot import plot_seeds
 
         for row in rows:

@@ -1,4 +1,4 @@
-"""The seed's example: an LSTM learns to generate a fixed sequence from zero input.
+"""The Caffe LSTM's example: an LSTM learns to generate a fixed sequence from zero input.
 
 Any registered implementation runs it through the harness's contract (forward, backward,
 set_weights), with a linear head to one output written here by hand. Facts of the task:
@@ -7,10 +7,10 @@ at t = 0.01 i, scaled by max |f| then centred; batch 1; chunks of 320 steps, the
 from chunk to chunk with gradients stopped at the boundary; Gaussian init (std 0.1), forget-gate
 bias 5; Euclidean loss sum(err^2) / (2 * 320); SGD with momentum 0.95.
 
-As the seed's LSTM layer, each layer trains ONE bias (the contract's b_ih; b_hh stays zero): training
-both, as torch.nn.LSTM's parametrisation would, moves every bias at twice the seed's rate. The seed's
+As the Caffe LSTM's LSTM layer, each layer trains ONE bias (the contract's b_ih; b_hh stays zero): training
+both, as torch.nn.LSTM's parametrisation would, moves every bias at twice the Caffe LSTM's rate. The Caffe LSTM's
 per-parameter learning-rate multipliers (only deep_lstm_short's first-layer bias: 2) are configuration
-(SeqConfig.lr_mults), and a run can add its own (`--lr-mult out.bias=2`: the seed's older solvers).
+(SeqConfig.lr_mults), and a run can add its own (`--lr-mult out.bias=2`: the Caffe LSTM's older solvers).
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from harness.contract.problem import Problem
 
 CHUNK = 320
 INPUT_SIZE = 1  # the input is all zeros; its width does not matter, so keep it minimal
-GATE_CLIP = 0.1  # the seed's clipping_threshold on gate pre-activation gradients
+GATE_CLIP = 0.1  # the Caffe LSTM's clipping_threshold on gate pre-activation gradients
 CLIPPING_MODES = ("auto", "gate", "norm", "none")
 
 
-BIAS_CHOICES = (1, 2)  # trained biases per LSTM layer: 1 the seed's, 2 torch.nn.LSTM's b_ih and b_hh
+BIAS_CHOICES = (1, 2)  # trained biases per LSTM layer: 1 the Caffe LSTM's, 2 torch.nn.LSTM's b_ih and b_hh
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class SeqConfig:
     hidden: int
     length: int
     lr: float
-    lr_mults: tuple[tuple[str, float], ...] = ()  # (parameter name, learning-rate multiplier): the seed's nets
+    lr_mults: tuple[tuple[str, float], ...] = ()  # (parameter name, learning-rate multiplier): the Caffe LSTM's nets
 
     @property
     def about(self) -> str:
@@ -68,7 +68,7 @@ def lr_multipliers(config: SeqConfig, biases: int = 1, extra: dict[str, float] |
     mults = dict.fromkeys(names, 1.0)
     for source, given in (("the configuration", dict(config.lr_mults)), ("--lr-mult", extra or {})):
         for name, mult in given.items():
-            # With two biases a layer, lstmL.bias (the seed's one) stands for both.
+            # With two biases a layer, lstmL.bias (the Caffe LSTM's one) stands for both.
             targets = [f"{name[:-len('bias')]}{b}" for b in ("b_ih", "b_hh")] \
                 if biases == 2 and name.startswith("lstm") and name.endswith(".bias") else [name]
             for target in targets:
@@ -139,7 +139,7 @@ def problem_for(config: SeqConfig, length: int, dtype: torch.dtype, device: str)
 
 
 def clipping_for(impl_cls: type[Impl], requested: str = "auto") -> str:
-    """The seed clips gate gradients inside backward; an implementation that cannot (cuDNN)
+    """The Caffe LSTM clips gate gradients inside backward; an implementation that cannot (cuDNN)
     gets a global gradient-norm clip instead, and the caller says so."""
     if requested not in CLIPPING_MODES:
         raise ValueError(f"clipping must be one of {', '.join(CLIPPING_MODES)}, got {requested!r}")
@@ -151,7 +151,7 @@ def clipping_for(impl_cls: type[Impl], requested: str = "auto") -> str:
 
 
 def describe_clipping(mode: str, norm_clip: float) -> str:
-    return {"gate": f"gate pre-activation gradients clamped to +-{GATE_CLIP} inside backward (the seed's)",
+    return {"gate": f"gate pre-activation gradients clamped to +-{GATE_CLIP} inside backward (the Caffe LSTM's)",
             "norm": f"global gradient norm clipped to {norm_clip} (the implementation cannot clip inside backward)",
             "none": "no clipping"}[mode]
 

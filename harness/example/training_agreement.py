@@ -13,7 +13,7 @@ from harness.contract.problem import Problem, dtype_support
 from harness.example.task import CHUNK, CONFIGS, Trainer, init_network, problem_for
 
 # float64 runs of correct implementations start 1e-16 apart; training amplifies that (measured:
-# up to 3e-12 after 200 Adam iterations, 2e-15 with the seed's SGD and gate clipping; a global
+# up to 3e-12 after 200 Adam iterations, 2e-15 with the Caffe LSTM's SGD and gate clipping; a global
 # norm clip amplifies it chaotically, to 1e-2, so it is not used here). A planted bug moves the
 # curves by 1e-3 or more within a few iterations.
 CURVE_TOLERANCE = 1e-9
@@ -48,7 +48,7 @@ def training_problem(device: str, config: str = "lstm_short") -> Problem | None:
 def train(impl_cls: type[Impl], setup: str = "adam", config: str = "lstm_short", iterations: int = 200,
           dtype=torch.float64, seed: int = 0, device: str = "cpu") -> TrainingRun:
     cfg, s = CONFIGS[config], SETUPS[setup]
-    # Both biases trained (not the seed's one): agreement then covers every gradient an implementation returns.
+    # Both biases trained (not the Caffe LSTM's one): agreement then covers every gradient an implementation returns.
     net = init_network(cfg, seed, dtype, device, BIASES)
     trainer = Trainer(impl_cls, cfg, net, lr=s["lr"] or cfg.lr, optimizer=s["optimizer"], clipping=s["clipping"],
                       device=device)

@@ -93,3 +93,38 @@ def device_name(info: dict) -> str:
     if info.get("device") == "cuda":
         return f"GPU: {info.get('gpu')} (CUDA {info.get('torch_cuda')})"
     return f"CPU: {info.get('cpu_model')}, {info.get('torch_threads')} threads"
+
+
+def versions(device: str) -> list[str]:
+    """describe(device) and the versions of what the GPU check runs with, one line each."""
+    import importlib.metadata
+
+    lines = [f"{k}: {v}" for k, v in describe(device).items()]
+    try:
+        import cupy
+
+        lines.append(f"cupy CUDA runtime: {cupy.cuda.runtime.runtimeGetVersion()}")
+    except Exception as exc:  # noqa: BLE001 - absent or without a device: say so
+        lines.append(f"cupy CUDA runtime: unavailable ({type(exc).__name__}: {exc})")
+    for name in ("triton", "flashrnn", "einops", "pytest_benchmark", "pandas", "seaborn"):
+        try:
+            lines.append(f"{name}: {importlib.metadata.version(name.replace('_', '-'))}")
+        except Exception as exc:  # noqa: BLE001
+            lines.append(f"{name}: unavailable ({type(exc).__name__})")
+    lines.append(f"CUDA visible to torch: {torch.cuda.is_available()}")
+    return lines
+
+
+if __name__ == "__main__":  # the GPU check's first step: python -m harness.measuring.environment --device D
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m harness.measuring.environment")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    device = parser.parse_args().device
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible to torch")
+    text = versions(device)
+    print("\n".join(text))
+    print(f"device: {describe(device)['device_name']}")
+    sys.exit(0)

@@ -29,7 +29,7 @@ from harness.measuring.process_state import ProcessState
 from harness.measuring.rounds import STOP_EVERYTHING, Contestant, Dropped, run_rounds
 from harness.measuring.session import BenchSession, Prepared
 from harness.measuring.timing import TimedCalls, choose_rounds, precision, probe, synchronize
-from harness.reporting.record import Measurement, NotTimed
+from harness.record.schema import Measurement, NotTimed
 
 # Out of memory, whichever library ran out: torch's error is a RuntimeError; CuPy's
 # (cupy.cuda.memory.OutOfMemoryError) and Python's own for the host are MemoryErrors.
@@ -64,7 +64,7 @@ def discard_point(benchmark, config, session: BenchSession, reg: Registration, p
         session.outcomes.append(NotTimed(
             impl=reg.name, phase=earlier_phase, problem=problem, outcome="failed",
             reason=f"time discarded: the {phase} phase of this point then {why}",
-        ).to_json())
+        ))
 
 
 def out_of_memory(reg: Registration, problem: Problem, exc: BaseException) -> str:

@@ -13,54 +13,20 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from harness.reporting.record import RESULTS_KEY, NotTimed, RunSection
+from harness.contract.run_options import RUN_OPTIONS, add_run_options
+from harness.record.schema import RESULTS_KEY, NotTimed, RunSection
 
 if TYPE_CHECKING:  # the harness's modules import torch: only a harness run pays for that
     from harness.measuring.session import BenchSession
 
 SESSION = pytest.StashKey["BenchSession"]()
-# Spelled out here so that loading the plugin imports nothing heavy; tests check them against
-# harness.contract.grid and harness.contract.inputs.
-GRID_NAMES = ("auto", "caffe", "cpu", "smoke")
-DEVICE_NAMES = ("auto", "cpu", "cuda")
-DTYPE_NAMES = ("float32", "float64", "tf32", "bfloat16", "float16")
 # dest -> default, for every option of the harness
-OPTIONS = {
-    "lstm_grid": "auto", "lstm_batch": None, "lstm_length": None, "lstm_hidden": None, "lstm_input": None,
-    "lstm_layers": None, "lstm_dtype": None, "lstm_impls": None, "lstm_device": "auto", "lstm_plugin": [],
-    "lstm_seed": None, "lstm_rounds": None, "lstm_min_rounds": None, "lstm_warmup": None, "lstm_max_time": None,
-    "lstm_interleave": None, "lstm_interference_threshold": None, "lstm_redo_budget": None,
-}
+OPTIONS = {option.dest: option.initial for option in RUN_OPTIONS}
 SUITE_MARK = "LSTM_HARNESS_SUITES"
 
 
 def pytest_addoption(parser):
-    group = parser.getgroup("lstm", "LSTM benchmark harness")
-    add = group.addoption
-    add("--lstm-grid", default="auto", metavar="NAME",
-        help=f"named grid: {', '.join(GRID_NAMES)} (auto: caffe on CUDA, cpu on the CPU; seed: an old name of caffe)")
-    add("--lstm-batch", metavar="N[,N...]", help="batch sizes, replacing the grid's")
-    add("--lstm-length", metavar="N[,N...]", help="sequence lengths, replacing the grid's")
-    add("--lstm-hidden", metavar="N[,N...]", help="hidden sizes, replacing the grid's")
-    add("--lstm-input", metavar="N[,N...]", help="input widths (default: the grid's, or = hidden)")
-    add("--lstm-layers", metavar="N[,N...]", help="layer counts, replacing the grid's")
-    add("--lstm-dtype", metavar="DTYPE[,...]", help=f"precision modes: {', '.join(DTYPE_NAMES)} (default float32)")
-    add("--lstm-impls", metavar="NAME[,...]", help="implementations to run (default: every registered one)")
-    add("--lstm-device", default="auto", metavar="DEVICE",
-        help=f"{', '.join(DEVICE_NAMES)} (auto: CUDA when a GPU is visible, else the CPU)")
-    add("--lstm-plugin", action="append", default=[], metavar="MODULE",
-        help="import MODULE so its @register implementations join the run (repeatable)")
-    add("--lstm-seed", metavar="N", help="seed of the generated inputs, weights and upstream gradients (default 0)")
-    add("--lstm-rounds", metavar="N", help="timed rounds per measurement (default: fit --lstm-max-time)")
-    add("--lstm-min-rounds", metavar="N", help="at least this many timed rounds (default 5)")
-    add("--lstm-warmup", metavar="N", help="untimed warm-up rounds before timing (default 1)")
-    add("--lstm-max-time", metavar="SECONDS", help="time budget that sizes the rounds (default 1.0)")
-    add("--lstm-interleave", metavar="on|off",
-        help="the implementations of a point take their timed rounds in turn (default on; off: one after another)")
-    add("--lstm-interference-threshold", metavar="CORES",
-        help="cores used by other processes that make a block of rounds disturbed (default 0.1)")
-    add("--lstm-redo-budget", metavar="FACTOR",
-        help="disturbed rounds redone, at most, per planned round (default 1.0; 0: none redone, only flagged)")
+    add_run_options(parser.getgroup("lstm", "LSTM benchmark harness").addoption)
 
 
 def _harness_run(config) -> bool:
@@ -169,7 +135,7 @@ def pytest_runtest_makereport(item, call):
         bench_session(item.config).outcomes.append(NotTimed(
             impl=reg.name, phase=phase, problem=problem, outcome="skipped" if report.skipped else "failed",
             reason=str(reason).strip().splitlines()[0][:300] if str(reason).strip() else "",
-        ).to_json())
+        ))
     return report
 
 
@@ -194,7 +160,7 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
         min_rounds=s.min_rounds, max_time=s.max_time, allocator=s.allocator, interleave=s.interleave,
         interference=session.interference.describe(), interference_threshold=s.threshold,
         redo_budget=s.redo_budget,
-        not_timed=[NotTimed.from_json(entry) for entry in session.outcomes],
+        not_timed=list(session.outcomes),
         ceilings=[c.as_dict() for c in session.ceilings.values()],
     ).to_json()
 

@@ -69,7 +69,7 @@ class Contestant:
         return statistics.median(self.kept_cores) if self.kept_cores else None
 
     def summary(self, policy: RoundPolicy) -> dict:
-        """The row's interference fields (see harness.reporting.record.Measurement)."""
+        """The row's interference fields (see harness.record.schema.Measurement)."""
         return {"disturbed_rounds": self.disturbed, "redone_rounds": self.redone,
                 "interference_cores": self.interference_cores, "interference_flagged": self.flagged,
                 "redo_seconds": self.redo_seconds, "interference_threshold": policy.threshold}

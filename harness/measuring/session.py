@@ -49,6 +49,7 @@ from harness.measuring.process_state import ProcessState
 from harness.measuring.roofline import Ceiling, measure_ceiling
 from harness.measuring.rounds import DEFAULT_REDO_BUDGET, RoundPolicy
 from harness.measuring.timing import TimedCalls, synchronize
+from harness.record.schema import NotTimed
 
 
 @dataclass
@@ -134,7 +135,7 @@ class BenchSession:
         self.agreements: dict[tuple[str, Problem], Agreement] = {}
         self.saved: dict[tuple[str, Problem], int | None] = {}  # bytes kept from forward for backward
         self.ceilings: dict[tuple[str, str], Ceiling] = {}
-        self.outcomes: list[dict] = []  # points that were skipped or failed, for the results file
+        self.outcomes: list[NotTimed] = []  # points that were skipped or failed, for the results file
         # Finished measurements per (implementation, problem): a later phase that fails its check
         # takes the earlier phases' times of the point with it.
         self.measured: dict[tuple[str, Problem], list[tuple[str, object]]] = {}
@@ -165,7 +166,7 @@ class BenchSession:
         weights), the saturating set (weights of its own)."""
         if self._sets is None or self._sets[0] != problem:
             self._sets = None  # let the previous problem's tensors go before the new ones exist
-            reference_for.cache_clear()  # and its references (on a GPU, gigabytes at the seed's shapes)
+            reference_for.cache_clear()  # and its references (on a GPU, gigabytes at the Caffe LSTM's shapes)
             fast_reference_for.cache_clear()
             seed = self.settings.seed
             sets: dict[int | str, Inputs] = {AGREEMENT_SET: make_inputs(problem, seed)}

@@ -3,7 +3,7 @@
 - `Measurement`: one timed measurement, the `extra_info` of one benchmark row. measure.py builds it,
   results.py reads rows back through `Measurement.from_json`.
 - `RunSection`: the run-level section, output[RESULTS_KEY], with its `NotTimed` entries (the points
-  that were skipped or failed). The pytest plugin builds it; a sweep (harness.reporting.sweep) adds
+  that were skipped or failed). The pytest plugin builds it; a sweep (harness.commands.sweep.results) adds
   its shards, each with the environment it ran in, and tags rows and entries with their shard.
 - `SCHEMA_VERSION`: written into the run-level section of every results file; a reader refuses a
   file of a newer major version (`check_schema`). Files written before the field existed are 1.0.
@@ -231,6 +231,15 @@ class Measurement:
     @property
     def problem_id(self) -> str:
         return self.problem.id
+
+    def columns(self) -> dict:
+        """The record as one flat table row: every scalar field (None where an older file lacks it), the
+        problem's fields and id in place of the problem; the nested objects (per-tensor errors, process state),
+        the precision flags and unknown keys left out."""
+        out = {"impl": self.impl, "backend": self.backend, "origin": self.origin, "phase": self.phase,
+               "problem_id": self.problem.id, **self.problem.as_dict()}
+        return out | {k: getattr(self, k) for k, (kind, _) in _MEASUREMENT_KINDS.items()
+                      if k not in out and kind != "object"}
 
     def to_json(self) -> dict:
         out = {"impl": self.impl, "backend": self.backend, "origin": self.origin, "phase": self.phase,

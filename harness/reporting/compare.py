@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from harness.contract.problem import Problem
+from harness.record.schema import PROBLEM_FIELDS, problem_label
 from harness.reporting.confidence import LEVEL, ratio_interval
-from harness.reporting.record import PROBLEM_FIELDS, problem_label
 from harness.reporting.results import ResultsError, load_results
 
 PROG = "harness.report --compare"

@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from harness.reporting.record import PROBLEM_FIELDS  # noqa: E402
+from harness.record.schema import PROBLEM_FIELDS  # noqa: E402
 
 AXES = ("batch", "length")  # the Problem fields a figure varies; every other one (and the device) is its shape
 SHAPE = ["device_name", *(f for f in PROBLEM_FIELDS if f not in AXES)]

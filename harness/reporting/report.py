@@ -1,4 +1,4 @@
-"""The seed's tables from benchmark results (`python -m harness report`: harness.commands.report).
+"""The Caffe LSTM's tables from benchmark results (`python -m harness report`: harness.commands.report).
 
 One table per problem, `| Code | Forward (ms) | Backward (ms) | Total (ms) |` with medians,
 the fastest of each column in bold, and speedups against a baseline implementation.
@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from harness.contract.problem import PHASES, Problem
+from harness.record.schema import PROBLEM_FIELDS, RunSection, problem_label
 from harness.reporting.confidence import LEVEL, format_interval, ratio_interval
-from harness.reporting.record import PROBLEM_FIELDS, problem_label
 from harness.reporting.results import Results, Run
 
 PHASE_TITLES = {"forward": "Forward (ms)", "backward": "Backward (ms)", "total": "Total (ms)"}
@@ -116,7 +116,7 @@ def _has(rows: pd.DataFrame, column: str) -> bool:
 
 
 def problem_table(rows: pd.DataFrame, baseline: str) -> pd.DataFrame:
-    """The seed's table for one problem: median ms per phase, bold minima, speedups."""
+    """The Caffe LSTM's table for one problem: median ms per phase, bold minima, speedups."""
     medians = rows.pivot_table(index="impl", columns="phase", values="median_ms", aggfunc="last")
     medians = medians.reindex(columns=[p for p in PHASES if p in medians.columns])
     medians = medians.sort_values("total" if "total" in medians else medians.columns[0])
@@ -185,14 +185,14 @@ SPLITS = {"problem": "one per problem", "impl": "one per problem and implementat
 def _sweep_lines(run: Run) -> list[str]:
     """A sweep's header: the sweep, then per device the hosts that ran its shards, their software and ceilings.
     Every finished shard's own environment is there: nothing is assumed to be the same across shards."""
-    s, sweep = run.settings, run.settings.get("sweep") or {}
+    s, sweep = run.section, run.section.sweep or {}
     done = [x for x in run.shards if x.status == "done"]
     failed = len(run.shards) - len(done)
     lines = [f"- **Sweep**: {run.path.name}, {run.datetime}; {len(run.shards)} shard(s) "
              f"({SPLITS.get(sweep.get('split'), sweep.get('split', '?'))}), each a `pytest suites/` run on one "
              f"device, as Ray tasks: {len(done)} done" + (f", {failed} failed (their points are listed as not timed)"
                                                          if failed else "")
-             + f"; grid `{s.get('grid', '?')}` ({s.get('grid_about', '')})"]
+             + f"; grid `{s.grid or '?'}` ({s.grid_about or ''})"]
     devices: dict[str, list] = {}
     for shard in done:
         devices.setdefault(shard.device_name or "?", []).append(shard)
@@ -229,16 +229,16 @@ def _run_lines(results: Results) -> list[str]:
         if run.shards:
             lines += _sweep_lines(run)
             continue
-        env, s = run.environment, run.settings
+        env, s = run.environment, run.section
         lines += [
             f"- **Device**: {env.get('device_name')} ({env.get('cpu_count')} CPU cores visible)",
             f"- **Software**: {_software(env)}",
-            f"- **Run**: {run.path.name}, {run.datetime}; grid `{s.get('grid', '?')}` ({s.get('grid_about', '')})",
+            f"- **Run**: {run.path.name}, {run.datetime}; grid `{s.grid or '?'}` ({s.grid_about or ''})",
         ]
-        if s.get("allocator"):
-            lines.append(f"- **Memory allocator**: {s['allocator']}")
+        if s.allocator:
+            lines.append(f"- **Memory allocator**: {s.allocator}")
     for run in results.runs:
-        for c in [] if run.shards else run.settings.get("ceilings", []):
+        for c in [] if run.shards else run.section.ceilings:
             lines.append(f"- **Ceiling**: {c['gflops']:.1f} GFLOP/s, measured: {c['how']}; {RATE_COUNTS}")
     return lines
 
@@ -317,12 +317,12 @@ def _flagged(rows: pd.DataFrame) -> pd.Series:
     return rows["interference_flagged"].map(lambda v: v is True)
 
 
-def interference_line(t: pd.DataFrame, settings: list[dict]) -> str | None:
+def interference_line(t: pd.DataFrame, sections: list[RunSection]) -> str | None:
     """The header's line on what the machine was doing while the rows were timed; None for results written
     before interference was measured."""
     if t.empty or "disturbed_rounds" not in t or t["disturbed_rounds"].isna().all():
         return None
-    how = next((s.get("interference") for s in settings if s.get("interference")), None)
+    how = next((s.interference for s in sections if s.interference), None)
     if how and how.startswith("not measured"):
         return f"Interference: {how}; the times below may include other processes' load, unseen."
     t = t.dropna(subset=["disturbed_rounds"])
@@ -539,7 +539,7 @@ def _cross_device_lines(results: Results, names: list[str]) -> list[str]:
 def render(results: Results, baseline: str, title: str, figures: list[Path] = (), base: Path = Path(".")) -> str:
     lines = [f"# LSTM benchmark report: {title}", ""]
     lines += _run_lines(results) + _timing_lines(results.timings)
-    interference = interference_line(results.timings, [run.settings for run in results.runs])
+    interference = interference_line(results.timings, [run.section for run in results.runs])
     if interference is not None:
         at = lines.index("## Implementations")
         lines[at:at] = [interference, ""]

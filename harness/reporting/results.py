@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.reporting.record import (
-    INTERFERENCE_FIELDS,
+from harness.record.schema import (
     PROBLEM_FIELDS,  # noqa: F401  (re-exported: the problem columns of a results table)
     RESULTS_KEY,
     SHARD_KEY,
@@ -44,10 +43,10 @@ class _Foreign(Exception):
 class Run:
     path: Path
     environment: dict  # harness.measuring.environment.describe() of the machine that ran it
-    settings: dict  # grid, rounds, warm-up ... as the plugin recorded them
+    section: RunSection  # grid, rounds, warm-up, ceilings, interference ... as the plugin recorded them
     datetime: str
     commit: dict
-    # A sweep's results (python -m harness sweep): one harness.reporting.record.Shard per shard, each with the
+    # A sweep's results (python -m harness sweep): one harness.record.schema.Shard per shard, each with the
     # environment it ran in; its rows take their device from their own shard. Empty for a pytest run's file.
     shards: list = field(default_factory=list)
 
@@ -104,22 +103,10 @@ def _shard_devices(section: RunSection, device_name: str) -> dict[str, str]:
 
 
 def _row(path: Path, bench: dict, device_name: str) -> dict:
+    """One table row: the record's own fields (Measurement.columns), the statistics, where it ran."""
     m = Measurement.from_json(bench["extra_info"])
-    row = {"impl": m.impl, "backend": m.backend, "origin": m.origin, "phase": m.phase, "problem_id": m.problem_id,
-           **m.problem.as_dict(), "flops": m.flops, "agreement_max_error": m.agreement_max_error,
-           "agreement_tolerance": m.agreement_tolerance, **_stats(bench), "warmup_rounds": m.warmup_rounds,
-           "device_name": device_name, "run": path.name, "shard": bench.get(SHARD_KEY),
-           # Added later: absent (None) in older results files.
-           **{k: getattr(m, k) for k in ("ceiling_gflops", "saved_bytes", "peak_bytes", "saturation_max_error",
-                                         "verified_max_error", "check_seconds", "saturation_seconds",
-                                         "setup_seconds", "harness_seconds", "rotation_seconds",
-                                         *INTERFERENCE_FIELDS,
-                                         # 1.5: the calls checked during timing, the zero-state check, the
-                                         # agreement error over the dtype's rounding floor
-                                         "checked_calls", "timed_calls", "zero_state_max_error",
-                                         "precision_ratio", "agreement_seconds")},
-           # What peak_bytes includes (its definition changed; older files lack it).
-           "peak_includes": m.peak_includes,
+    row = {**m.columns(), **_stats(bench), "device_name": device_name, "run": path.name,
+           "shard": bench.get(SHARD_KEY),
            # Raw per-round timings (seconds), kept for --compare's statistical test.
            "data": _field(bench["stats"], "data", "numbers", "stats.", optional=True)}
     row["gflops_per_s"] = row["flops"] / (row["median_ms"] * 1e-3) / 1e9  # median_ms > 0: checked
@@ -153,14 +140,6 @@ def _not_timed(section: RunSection, device_name: str, run: str, shards: dict[str
              "shard": n.shard} for n in section.not_timed]
 
 
-def _settings(data: dict) -> tuple[RunSection, dict]:
-    """The harness's own top-level section, read through the record (not_timed and the ceilings are read
-    from it), and as the file has it."""
-    raw = data.get(RESULTS_KEY)
-    section = RunSection.from_json(raw)
-    return section, raw if isinstance(raw, dict) else {}
-
-
 def _environment(data: dict) -> dict:
     machine = _field(data, "machine_info", "object", optional=True) or {}
     env = _field(machine, RESULTS_KEY, "object", "machine_info.", optional=True)
@@ -175,7 +154,7 @@ def _load(path: Path) -> tuple[list[dict], list[dict], Run]:
     data = _read(path)
     try:
         env = _environment(data)
-        section, settings = _settings(data)
+        section = RunSection.from_json(data.get(RESULTS_KEY))
         device_name = env.get("device_name") or env.get("device") or "?"
         shards = _shard_devices(section, device_name)
         rows = _benchmarks(path, data["benchmarks"], device_name, shards)
@@ -191,7 +170,7 @@ def _load(path: Path) -> tuple[list[dict], list[dict], Run]:
         raise ResultsError(f"{path}: {exc}") from None
     except _Invalid as exc:
         raise ResultsError(f"{path}: {exc}; the file is corrupt or from another tool") from None
-    return rows, not_timed, Run(path, env, settings, str(data.get("datetime", "")), commit, section.shards)
+    return rows, not_timed, Run(path, env, section, str(data.get("datetime", "")), commit, section.shards)
 
 
 def load_results(paths: list[Path]) -> Results:

@@ -22,6 +22,7 @@ import torch
 
 SOURCE = Path(__file__).with_name("lstm_steps.cpp")
 STALE_LOCK_SECONDS = 300
+LOCK_WAIT_SECONDS = 120  # the most this process waits on another's build before running the Python loop
 DISABLE_VARIABLE = "LSTM_HARNESS_NO_NATIVE"  # set to 1: never build or load it (the Python loop runs)
 
 # Vector flags per torch's own reading of the CPU, not -march=native: the cache may be shared by
@@ -94,6 +95,13 @@ def native_steps() -> NativeSteps:
     except FileNotFoundError:
         pass
     start = time.perf_counter()
+    # A younger lock: another process is building, or was killed building (at a GPU check's step cap, say).
+    # Wait for it a bounded time, not torch's forever; then run without the extension and say why.
+    waited = wait_for_lock(lock, LOCK_WAIT_SECONDS)
+    if waited is not None:
+        return NativeSteps(None, f"another process holds the build lock {lock} (waited {waited:.0f} s; a build "
+                                 f"killed midway leaves it: it is cleared once older than {STALE_LOCK_SECONDS} s)",
+                           time.perf_counter() - start, False)
     try:
         cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
                            is_python_module=False, verbose=False)
@@ -102,3 +110,14 @@ def native_steps() -> NativeSteps:
         first_error = next((line for line in lines if "error:" in line), lines[-1] if lines else repr(error))
         return NativeSteps(None, f"the build failed: {first_error.strip()}", time.perf_counter() - start, False)
     return NativeSteps(torch.ops.lstm_harness_steps, "", time.perf_counter() - start, not cached, tuple(flags))
+
+
+def wait_for_lock(lock: Path, limit: float, poll: float = 0.2) -> float | None:
+    """Wait up to `limit` seconds for `lock` to go; None when it is gone (or never was), else the wait."""
+    started = time.monotonic()
+    while lock.exists():
+        waited = time.monotonic() - started
+        if waited >= limit:
+            return waited
+        time.sleep(poll)
+    return None

@@ -1,7 +1,7 @@
 """The results file of a sweep (`python -m harness sweep`): every shard's `pytest suites/` results merged into
 one pytest-benchmark file that `harness report` and `harness compare` read like any other.
 
-What the merge adds to a plain results file (schema 1.2 on, harness.reporting.record):
+What the merge adds to a plain results file (schema 1.2 on, harness.record.schema):
 
 - output[RESULTS_KEY]["shards"]: one `Shard` per shard, done or failed, with the environment its run
   recorded (host, device, GPU model, versions: its machine_info[RESULTS_KEY]), its settings and ceilings;
@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 from harness.contract.problem import PHASES, Problem
-from harness.reporting.record import (
+from harness.record.schema import (
     RESULTS_KEY,
     SHARD_KEY,
     Measurement,

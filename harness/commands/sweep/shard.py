@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]  # the checkout the harness runs from: harness/measuring/ is two below
+ROOT = Path(__file__).resolve().parents[3]  # the checkout the harness runs from: harness/commands/sweep/ is three below
 SUITE = Path("suites") / "test_speed.py"
 ENTRY_POINT_GROUP = "lstm_harness.impls"  # harness.contract.registry's; spelled out here so nothing heavy loads
 # Environment variables a shard's run takes from the driver, not from the node: Ray sets OMP_NUM_THREADS to
