@@ -96,9 +96,18 @@ def test_runs_to_the_end_on_the_cpu_and_names_what_it_skipped(run_python, tmp_pa
     status = {r["step"]: (r["status"], r["detail"]) for r in json.loads((out / "summary.json").read_text())}
     for step in ("versions", "list", "agreement", "set_weights", "smoke", "report"):
         assert status[step][0] == "ok", (step, status[step])
-    for step in ("cupy_side_stream", "caffe_points"):
+    for step in ("cupy_side_stream", "caffe_points", "agreement_h2048"):
         assert status[step][0] == "skipped" and "needs a CUDA device" in status[step][1]
-    assert "| cupy_side_stream | skipped" in (out / "summary.md").read_text()
+    summary_md = (out / "summary.md").read_text()
+    assert "| cupy_side_stream | skipped" in summary_md
+    assert "## Agreement errors beside their tolerances" in summary_md and "error / tolerance" in summary_md
+    import tarfile
+
+    with tarfile.open(out / "gpu-check.tar.gz") as tar:  # the whole check as one file
+        names = set(tar.getnames())
+    assert {"gpu-check/agreement.log", "gpu-check/smoke.json", "gpu-check/summary.json",
+            "gpu-check/gpu-check.md"} <= names, sorted(names)
+    assert not any("cupy-cache" in n for n in names)
     for step in status:
         assert (out / f"{step}.log").exists(), step
     timed = json.loads((out / "smoke.json").read_text())["benchmarks"]
@@ -106,7 +115,11 @@ def test_runs_to_the_end_on_the_cpu_and_names_what_it_skipped(run_python, tmp_pa
     assert {b["extra_info"]["impl"] for b in timed} == {"cudnn", "fused", "numpy"}  # --impl; fused_graphs needs CUDA
     assert "passed" in (out / "set_weights.log").read_text()
     assert "device: CPU" in (out / "versions.log").read_text()
-    assert (out / "gpu-check.md").exists() and (out / "agreement.log").exists()
+    assert (out / "gpu-check.md").exists()
+    calibration = (out / "agreement.log").read_text()
+    assert "agreement errors beside their tolerances" in calibration
+    for mode in ("float32", "float64", "bfloat16"):  # every mode the CPU runs, each with its measured error
+        assert any(line.startswith(mode) and "input set 0" in line for line in calibration.splitlines()), mode
 
 
 def test_cuda_without_a_gpu_is_a_usage_error(run_python, tmp_path):

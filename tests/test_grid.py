@@ -51,6 +51,8 @@ def test_explicit_values_override_the_grid():
     ({"lstm_device": "tpu"}, "--lstm-device: unknown device 'tpu'"),
     ({"lstm_grid": "huge"}, "--lstm-grid: unknown grid 'huge'"),
     ({"lstm_impls": "fused,nope"}, "--lstm-impls: unknown value 'nope'; choose from"),
+    ({"lstm_skip_impls": "nope"}, "--lstm-skip-impls: unknown value 'nope'; choose from"),
+    ({"lstm_impls": "fused", "lstm_skip_impls": "fused"}, "--lstm-skip-impls: fused leaves no implementation"),
     ({"lstm_rounds": "0"}, "--lstm-rounds: 0 is below the minimum 1"),
     ({"lstm_max_time": "fast"}, "--lstm-max-time: 'fast' is not a number"),
     ({"lstm_max_time": "nan"}, "--lstm-max-time: nan is not a finite number"),
@@ -66,6 +68,14 @@ def test_invalid_values_name_the_option(options, message):
     with pytest.raises(GridError) as info:
         settings(lstm_device="cpu", **options) if "lstm_device" not in options else settings(**options)
     assert message in str(info.value)
+
+
+def test_skipped_implementations_are_left_out_of_the_given_ones_or_of_every_registered_one():
+    every = settings(lstm_device="cpu", lstm_grid="smoke")
+    left = settings(lstm_device="cpu", lstm_grid="smoke", lstm_skip_impls="fused,cudnn")
+    assert [r.name for r in left.impls] == [r.name for r in every.impls if r.name not in ("fused", "cudnn")]
+    given = settings(lstm_device="cpu", lstm_grid="smoke", lstm_impls="fused,cudnn,modular", lstm_skip_impls="cudnn")
+    assert [r.name for r in given.impls] == ["fused", "modular"]
 
 
 def test_largest_seed_and_finite_time_are_accepted():

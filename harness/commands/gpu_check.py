@@ -18,9 +18,10 @@ Every registered implementation takes part in every step that runs implementatio
 carry it in a folder and put that on PYTHONPATH (`pip install --no-deps --target .gpu-deps flashrnn
 einops`, then `PYTHONPATH=.:.gpu-deps`); without it its rows say "not installed".
 
-Steps: versions; `harness list`; agreement on the smoke grid in every precision mode; agreement
-after set_weights for every implementation; CuPy fed from a busy side stream; the timed smoke
-grid; a few points at the Caffe LSTM's shapes (hidden 2048), timed; the report of both.
+Steps: versions; `harness list`; agreement on the smoke grid in every precision mode (each log ends with
+every measured error beside its tolerance, per mode: what calibrates the tolerance table); float32 agreement
+at hidden 2048 and length 100; agreement after set_weights for every implementation; CuPy fed from a busy
+side stream; the timed smoke grid; a few points at the Caffe LSTM's shapes (hidden 2048), timed; the report.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ ROOT = Path(__file__).resolve().parents[2]  # the checkout: harness/commands/ is
 SKIP = "skipped"
 # Modes per device: the CPU runs no tf32 or float16 (harness.contract.problem.dtype_support).
 MODES = {"cuda": "float32,float64,tf32,bfloat16,float16", "cpu": "float32,float64,bfloat16"}
+# Implementations kept out of the shared steps, each checked in a step of its own at the end, with its own cap:
+# flashrnn_cuda compiles its kernels with nvcc at first use, once per configuration, with sleeps and retries
+# inside FlashRNN, and needs an unversioned libcublas.so; it must not eat the other steps' time.
+OWN_STEP = ("flashrnn_cuda",)
 STOP_GRACE_SECONDS = 5  # between asking a step's process group to stop (SIGTERM) and killing it
 SMALLEST_CAP = 5  # a step with less time than this left is skipped, not started
 
@@ -61,7 +66,9 @@ class Check:
         return self.deadline - time.monotonic()
 
     def impl_option(self) -> list[str]:
-        return ["--lstm-impls", self.impls] if self.impls else []
+        """The implementations of the shared steps: --impls as given, else every one but those with steps of
+        their own (OWN_STEP)."""
+        return ["--lstm-impls", self.impls] if self.impls else ["--lstm-skip-impls", ",".join(OWN_STEP)]
 
 
 @dataclass(frozen=True)
@@ -158,9 +165,16 @@ def agreement(check: Check) -> list[str]:
     return pytest_args(check, "suites/test_agreement.py", "--lstm-grid", "smoke", "--lstm-dtype", MODES[check.device])
 
 
+def agreement_at_scale(check: Check) -> list[str]:
+    """float32 agreement where it was never measured: hidden 2048 (the Caffe LSTM's width), length 100."""
+    return pytest_args(check, "suites/test_agreement.py", "--lstm-grid", "caffe", "--lstm-batch", "20",
+                       "--lstm-length", "100", "--lstm-dtype", "float32")
+
+
 def set_weights(check: Check) -> list[str]:
     # tests/test_set_weights.py runs its CUDA problems where there is a GPU.
-    only = f" and ({' or '.join(check.impls.split(','))})" if check.impls else ""
+    only = (f" and ({' or '.join(check.impls.split(','))})" if check.impls else
+            "".join(f" and not {name}" for name in OWN_STEP))
     return pytest_args(check, "tests/test_set_weights.py", "-k", "new_weights" + only, harness_options=False)
 
 
@@ -181,6 +195,13 @@ def caffe_points(check: Check) -> list[str]:
                        f"--benchmark-storage=file://{check.out / 'benchmarks'}")
 
 
+def flashrnn_cuda(check: Check) -> list[str]:
+    if check.impls and "flashrnn_cuda" not in check.impls.split(","):
+        raise Skip("not among --impls")
+    return pytest_args(check, "suites/test_agreement.py", "--lstm-grid", "smoke", "--lstm-dtype", "float32",
+                       harness_options=False) + ["--lstm-device", check.device, "--lstm-impls", "flashrnn_cuda"]
+
+
 def report(check: Check) -> list[str]:
     files = [str(p) for p in (check.out / "smoke.json", check.out / "caffe.json") if p.exists()]
     if not files:
@@ -193,8 +214,10 @@ def report(check: Check) -> list[str]:
 # float64 references), smoke about a minute. One hung step must leave time for the others.
 STEPS = [
     Step("versions", 60, versions), Step("list", 90, listing), Step("agreement", 180, agreement),
+    Step("agreement_h2048", 150, agreement_at_scale, cuda="agreement at hidden 2048, length 100"),
     Step("set_weights", 120, set_weights), Step("cupy_side_stream", 90, cupy_side_stream, cuda="the CuPy stream check"),
     Step("smoke", 150, smoke), Step("caffe_points", 180, caffe_points, cuda="hidden 2048 (the Caffe LSTM's shape)"),
+    Step("flashrnn_cuda", 240, flashrnn_cuda, cuda="flashrnn_cuda (nvcc at first use)"),
     Step("report", 90, report),
 ]
 
@@ -261,8 +284,49 @@ def run(args) -> int:
         parser.error("--device cuda: no CUDA device is visible to torch")
     check = Check(args.out, device, args.max_time, not args.no_plots, time.monotonic() + args.budget, impls=args.impl)
     print(f"GPU check on {device}, everything under {args.out}", flush=True)
+    started = time.monotonic()
     run_steps(check)
     text = summary(check)
-    (args.out / "summary.md").write_text(text + "\n")
-    print("\n" + text)
+    calibration = calibration_section(args.out / "agreement.log")
+    (args.out / "summary.md").write_text(
+        f"# GPU check on {device}\n\n{len(check.results)} steps in {time.monotonic() - started:.0f} s of a "
+        f"{args.budget:.0f} s budget\n\n{text}\n" + (f"\n## Agreement errors beside their tolerances (the agreement "
+                                                    f"step)\n\n```\n{calibration}\n```\n" if calibration else ""))
+    archive = write_archive(args.out)
+    print("\n" + text + f"\n\nsummary: {args.out / 'summary.md'}; everything in one file: {archive}")
     return 1 if any(r["status"] == "failed" for r in check.results) else 0
+
+
+CALIBRATION_HEADING = "agreement errors beside their tolerances"
+ARCHIVE = "gpu-check.tar.gz"
+
+
+def calibration_section(log: Path) -> str:
+    """The table the harness's pytest plugin prints at the end of a run (harness.measuring.calibration)."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    start = next((i for i, line in enumerate(lines) if CALIBRATION_HEADING in line), None)
+    if start is None:
+        return ""
+    table = []
+    for line in lines[start + 1:]:
+        if line.startswith(("=", "-" * 5 + " ")) or not line.strip():
+            break
+        table.append(line)
+    return "\n".join(table)
+
+
+def write_archive(out: Path) -> Path:
+    """Every log, results file, report and figure of the check in one gzipped tar beside them (the CuPy kernel
+    cache and pytest-benchmark's own copies left out), so the whole check comes back as one file."""
+    import tarfile
+
+    archive = out / ARCHIVE
+    skip = {ARCHIVE, "cupy-cache", "benchmarks"}
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(out.iterdir()):
+            if path.name not in skip:
+                tar.add(path, arcname=f"gpu-check/{path.name}")
+    return archive

@@ -171,6 +171,11 @@ def parse_run_options(get, device: str, known_impls: Sequence[str], check_dtypes
 
     grid = resolve_grid("--lstm-grid", get("lstm_grid") or "auto", device)
     impls = parse_choices("--lstm-impls", get("lstm_impls"), known_impls)
+    skipped = parse_choices("--lstm-skip-impls", get("lstm_skip_impls"), known_impls)
+    if skipped:
+        impls = tuple(name for name in impls or known_impls if name not in skipped)
+        if not impls:
+            raise GridError(f"--lstm-skip-impls: {', '.join(skipped)} leaves no implementation to run")
     explicit = {axis: parse_positive_ints(f"--lstm-{opt}", get(f"lstm_{opt}"))
                 for axis, opt in (("batch", "batch"), ("length", "length"), ("hidden", "hidden"),
                                   ("input_size", "input"), ("layers", "layers"))}

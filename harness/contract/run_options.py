@@ -45,6 +45,8 @@ RUN_OPTIONS = (
               aliases=("--dtype",)),
     RunOption("--lstm-impls", "NAME[,...]", "implementations to run (default: every registered one)",
               aliases=("--impls",)),
+    RunOption("--lstm-skip-impls", "NAME[,...]", "implementations left out (of --lstm-impls, or of every registered "
+              "one)", aliases=("--skip-impls",)),
     RunOption("--lstm-device", "DEVICE", f"{', '.join(DEVICE_NAMES)} (auto: CUDA when a GPU is visible, else the "
               "CPU; a sweep: when its cluster has GPUs)", "auto", ("--device",)),
     RunOption("--lstm-plugin", "MODULE", "import MODULE so its @register implementations join the run (repeatable)",

@@ -165,6 +165,18 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
     ).to_json()
 
 
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Every agreement error measured before timing, beside its tolerance (per mode, check and implementation)."""
+    if not active(config):
+        return
+    from harness.measuring.calibration import calibration_table
+
+    table = calibration_table(bench_session(config).checks)
+    if table:
+        terminalreporter.write_sep("-", "agreement errors beside their tolerances (worst over the run's points)")
+        terminalreporter.write_line(table)
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_sessionfinish(session, exitstatus):
     """pytest-benchmark writes no file for a run without a single timed benchmark; a harness run

@@ -133,6 +133,7 @@ class BenchSession:
         # The verdict per (implementation, problem): set 0's agreement when everything passed,
         # else the first check that failed.
         self.agreements: dict[tuple[str, Problem], Agreement] = {}
+        self.checks: list[Agreement] = []  # every check before timing, passed or not (harness.measuring.calibration)
         self.saved: dict[tuple[str, Problem], int | None] = {}  # bytes kept from forward for backward
         self.ceilings: dict[tuple[str, str], Ceiling] = {}
         self.outcomes: list[NotTimed] = []  # points that were skipped or failed, for the results file
@@ -241,6 +242,7 @@ class BenchSession:
             started = time.perf_counter()
             verdict = run_and_compare(impl, own[AGREEMENT_SET], reference,
                                       new_agreement(reg.name, problem, "input set 0"))
+            self.checks.append(verdict)
             # State after each check, not only at the end: a change undone by a later call would pass.
             verdict.faults += state_faults(before)
             verdict.seconds = checking + time.perf_counter() - started
@@ -253,6 +255,7 @@ class BenchSession:
                 expected, held = retained(problem.device, lambda: fast_reference_for(problem, seed, ZERO_STATE_SET))
                 baseline = None if baseline is None else baseline + held  # cached: the harness keeps it
                 run_and_compare(impl, own[ZERO_STATE_SET], expected, zero)
+                self.checks.append(zero)
                 zero.faults += state_faults(before)
                 zero.seconds = time.perf_counter() - started
                 verdict.seconds += zero.seconds
@@ -265,6 +268,7 @@ class BenchSession:
                 saturated, held = retained(problem.device, lambda: reference_for(short, seed, SATURATING))
                 baseline = None if baseline is None else baseline + held  # cached: the harness keeps it
                 run_and_compare(reg.cls(short, own[SATURATING].weights), own[SATURATING], saturated, saturation)
+                self.checks.append(saturation)
                 saturation.faults += state_faults(before)
                 saturation.seconds = time.perf_counter() - started
                 if not saturation.passed:

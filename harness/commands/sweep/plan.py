@@ -90,7 +90,7 @@ def resolve_options(args, stored: dict | None) -> dict:
 
 
 def plan_shards(opts: dict, device: str, registry, check_dtypes: bool = True,
-         where: list[dict | None] = (None,)) -> tuple[list[ShardPlan], object]:
+                where: list[dict | None] = (None,)) -> tuple[list[ShardPlan], object]:
     """The shards of the grid the options name on `device`, every option checked as `pytest suites/` checks it
     (the same parsers), before anything runs. Returns the shards and the grid. On CUDA the workers' GPUs
     decide which precision modes run (the driver may have none)."""
