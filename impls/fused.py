@@ -181,8 +181,8 @@ class _Layer:
 @register
 class FusedLSTM(Impl):
     name = "fused"
-    description = ("seed's fused design: one input GEMM for all steps, one GEMM for the recurrent-weight "
-                   "gradient, hand-written backward")
+    description = ("the Caffe LSTM's fused design: one input GEMM for all steps, one GEMM for the "
+                   "recurrent-weight gradient, hand-written backward")
     gate_clipping = True
     use_packed_gemm = True  # tests turn it off to cover the torch.addmm path everywhere
     use_native_loop = True  # False: the time loop in Python (fused_python)

@@ -26,7 +26,8 @@ def lstm_unit(pre: torch.Tensor, c_prev: torch.Tensor) -> tuple[torch.Tensor, to
 @register
 class ModularLSTM(AutogradImpl):
     name = "modular"
-    description = "seed's modular design: per-step input + recurrent projection and LSTM unit, autograd backward"
+    description = ("the Caffe LSTM's modular design: per-step input + recurrent projection and LSTM unit, autograd "
+                   "backward")
     gate_clipping = True
 
     def __init__(self, problem: Problem, weights: list[LayerWeights]) -> None:

@@ -20,11 +20,14 @@ def test_a_failed_step_is_reported_and_the_next_one_still_runs(tmp_path):
         raise Skip("not here")
 
     check = Check(tmp_path, "cpu", 0.1, False, deadline=time.monotonic() + 120)
+    ran_nothing = "print('SKIPPED [1] tests/x.py:9: CuPy is not usable here'); print('1 skipped in 0.52s')"
     steps = [Step("a", 60, python("print('working'); raise SystemExit('planted')")), Step("b", 60, skipped),
-             Step("c", 60, python("print('fine')")), Step("d", 60, python(""), cuda="the thing")]
+             Step("c", 60, python("print('fine')")), Step("d", 60, python(""), cuda="the thing"),
+             Step("e", 60, python(ran_nothing))]
     results = gpu_check.run_steps(check, steps)
     assert [(r["step"], r["status"]) for r in results] == [("a", "failed"), ("b", "skipped"), ("c", "ok"),
-                                                           ("d", "skipped")]
+                                                           ("d", "skipped"), ("e", "skipped")]
+    assert results[4]["detail"] == "CuPy is not usable here"  # a pytest run that ran nothing is no "ok"
     assert results[0]["detail"] == "exit status 1: planted", results[0]
     assert results[1]["detail"] == "not here" and results[2]["detail"] == "fine"
     assert results[3]["detail"] == "the thing needs a CUDA device; none is visible here"

@@ -2,6 +2,8 @@
 new weights (forward and every gradient), captured graphs included, and must leave the weights
 it was built with as they were."""
 
+import os
+
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ from harness.contract.problem import Problem
 from harness.contract.reference import compute_reference
 from harness.contract.registry import discover
 from harness.example.training_agreement import agrees, train, training_gaps
+from harness.measuring.timing import precision
 from impls.fused import FusedLSTM
 from impls.fused_graphs import EagerCapture, GraphedFusedLSTM
 
@@ -30,6 +33,7 @@ class GraphsEagerUnpacked(GraphsEager):
     use_packed_gemm = False  # as on CUDA
 
 
+ONLY = "LSTM_HARNESS_SET_WEIGHTS_IMPLS"  # the GPU check's --impls: only these implementations, by exact name
 PROBLEMS = [Problem(batch=5, length=7, input_size=12, hidden=16, layers=2),
             Problem(batch=3, length=4, input_size=256, hidden=256, layers=2)]  # wide enough for prepacked GEMMs
 if torch.cuda.is_available():  # the real CUDA graphs, where there is a GPU
@@ -38,6 +42,9 @@ if torch.cuda.is_available():  # the real CUDA graphs, where there is a GPU
 
 def candidates():
     classes = [reg.cls for reg in discover()] + [FusedUnpacked, GraphsEager, GraphsEagerUnpacked]
+    only = os.environ.get(ONLY)
+    if only:  # exact names (pytest's -k would match fused_python and fused_graphs to "fused")
+        classes = [cls for cls in classes if cls.name in only.split(",")]
     return [pytest.param(cls, p, id=f"{cls.name}-{p.id}") for p in PROBLEMS for cls in classes]
 
 
@@ -57,13 +64,14 @@ def test_new_weights_agree_with_the_reference_and_old_weights_are_untouched(cls,
         pytest.skip(support.reason)
     first, second = make_inputs(problem, seed=0), make_inputs(problem, seed=1)  # weights A, weights B
     copies_a, copies_b = clones(first.weights), clones(second.weights)
-    impl = cls(problem, first.weights)
-    impl.forward(first.x, first.h0, first.c0)  # captures the graphs of a graphed implementation
-    impl.backward(first.dy, first.dh_n, first.dc_n)
-    graphs = dict(getattr(impl, "_graphs", {}))
-    impl.set_weights(second.weights)
-    agreement = run_and_compare(impl, second, compute_reference(second),
-                                new_agreement(cls.name, problem, "after set_weights"))
+    with precision(problem.dtype):  # as the suites run it: cuDNN's RNN would default to TF32 on a GPU
+        impl = cls(problem, first.weights)
+        impl.forward(first.x, first.h0, first.c0)  # captures the graphs of a graphed implementation
+        impl.backward(first.dy, first.dh_n, first.dc_n)
+        graphs = dict(getattr(impl, "_graphs", {}))
+        impl.set_weights(second.weights)
+        agreement = run_and_compare(impl, second, compute_reference(second),
+                                    new_agreement(cls.name, problem, "after set_weights"))
     assert agreement.passed, agreement.summary() + "\n" + agreement.table()
     assert unchanged(first.weights, copies_a), f"{cls.name} wrote into the weights it was built with"
     assert unchanged(second.weights, copies_b), f"{cls.name} wrote into the weights set_weights was given"

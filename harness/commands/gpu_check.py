@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -94,12 +95,15 @@ class Step:
         except Skip as exc:
             log.write_text(f"[gpu-check] skipped: {exc}\n")  # every step leaves a log, a skipped one too
             return SKIP, str(exc)
-        code = run_in_group([sys.executable, *args], log, cap, _child_env(check))
+        env = _child_env(check) | ({SET_WEIGHTS_IMPLS: check.impls} if check.impls else {})
+        code = run_in_group([sys.executable, *args], log, cap, env)
         last = _last_line(log)
         if code is None:
             return "failed", f"stopped at its cap of {cap:.0f} s (partial log: {log.name}): {last}"
         if code != 0:
             return "failed", f"exit status {code}: {last}"
+        if ALL_SKIPPED.search(last):  # a pytest run that ran nothing: say why, not ok
+            return SKIP, _skip_reason(log) or last
         return "ok", last
 
 
@@ -138,6 +142,18 @@ def stop_group(proc: subprocess.Popen) -> None:
         return
 
 
+ALL_SKIPPED = re.compile(r"^=*\s*\d+ skipped(, [0-9]+ (deselected|warnings?))* in [0-9.]+s|no tests ran")
+SET_WEIGHTS_IMPLS = "LSTM_HARNESS_SET_WEIGHTS_IMPLS"  # tests/test_set_weights.py's --impls
+
+
+def _skip_reason(log: Path) -> str | None:
+    """The first reason of pytest's -rs lines ('SKIPPED [1] file:line: reason')."""
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("SKIPPED"):
+            return line.split(": ", 1)[-1][:300]
+    return None
+
+
 def _last_line(log: Path) -> str:
     try:
         lines = log.read_text(errors="replace").strip().splitlines()
@@ -172,10 +188,11 @@ def agreement_at_scale(check: Check) -> list[str]:
 
 
 def set_weights(check: Check) -> list[str]:
-    # tests/test_set_weights.py runs its CUDA problems where there is a GPU.
-    only = (f" and ({' or '.join(check.impls.split(','))})" if check.impls else
-            "".join(f" and not {name}" for name in OWN_STEP))
-    return pytest_args(check, "tests/test_set_weights.py", "-k", "new_weights" + only, harness_options=False)
+    # tests/test_set_weights.py: the problems on this device only (its ids end in the device); --impls by exact
+    # name through its variable (a -k expression matches substrings).
+    skip = "" if check.impls else "".join(f" and not {name}" for name in OWN_STEP)
+    return pytest_args(check, "tests/test_set_weights.py", "-k", f"new_weights and {check.device}{skip}",
+                       harness_options=False)
 
 
 def cupy_side_stream(check: Check) -> list[str]:
@@ -242,7 +259,8 @@ def _child_env(check: Check) -> dict:
     # CuPy compiles its kernels into a cache under $HOME by default; the lent machine's may not be writable.
     return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
                 CUPY_CACHE_DIR=os.environ.get("CUPY_CACHE_DIR", str(check.out / "cupy-cache")),
-                PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
+                PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
+                PYTHONUNBUFFERED="1")  # the log in the order written, and whole up to a stop at the cap
 
 
 def summary(check: Check) -> str:

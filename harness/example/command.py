@@ -45,7 +45,7 @@ SEED_MAX = 2**63 - 1  # as --lstm-seed: a signed 64-bit seed
 
 
 def output_paths(config, cls, args, seed: int | None = None) -> list[Path]:
-    """The files one (configuration, implementation, seed) run writes, in the order written; the Caffe LSTM
+    """The files one (configuration, implementation, seed) run writes, in the order written; the random seed
     is in the name only when the command trains several."""
     stem = f"{config.name}-{cls.name}"  # not Path.with_suffix: a name may hold a dot
     if len(args.seeds) > 1:

@@ -398,7 +398,7 @@ void forward_steps(at::Tensor gates, at::Tensor h, at::Tensor c, at::Tensor tanh
 // ---- backward --------------------------------------------------------------------------------
 
 // One step in reverse: from dh (dh_t, dy_t included) and dc (dc_t, updated in place to dc_{t-1})
-// writes da [B, 4H] in canonical order i, f, g, o. Gate clipping as the seed's: da is clamped,
+// writes da [B, 4H] in canonical order i, f, g, o. Gate clipping as the Caffe LSTM's: da is clamped,
 // dc carries on unclamped.
 template <typename T>
 void backward_row(const T* __restrict g, const T* __restrict c_prev, const T* __restrict tanh_c,
