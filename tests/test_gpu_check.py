@@ -99,6 +99,7 @@ def test_runs_to_the_end_on_the_cpu_and_names_what_it_skipped(run_python, tmp_pa
     status = {r["step"]: (r["status"], r["detail"]) for r in json.loads((out / "summary.json").read_text())}
     for step in ("versions", "list", "agreement", "set_weights", "smoke", "report"):
         assert status[step][0] == "ok", (step, status[step])
+    assert "implementation(s) listed" in status["list"][1] and "can run here" in status["list"][1]
     for step in ("cupy_side_stream", "caffe_points", "agreement_h2048"):
         assert status[step][0] == "skipped" and "needs a CUDA device" in status[step][1]
     summary_md = (out / "summary.md").read_text()

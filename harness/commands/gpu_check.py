@@ -80,6 +80,7 @@ class Step:
     cap: float  # the most seconds it may take, whatever is left of the budget
     command: Callable[[Check], list[str]]
     cuda: str | None = None  # what needs a GPU, when the step does
+    describe: Callable[[str], str] | None = None  # its log -> the detail of an ok step (default: the last line)
 
     def run(self, check: Check) -> tuple[str, str]:
         """(status, detail): the command's last line when it succeeds."""
@@ -104,7 +105,7 @@ class Step:
             return "failed", f"exit status {code}: {last}"
         if ALL_SKIPPED.search(last):  # a pytest run that ran nothing: say why, not ok
             return SKIP, _skip_reason(log) or last
-        return "ok", last
+        return "ok", self.describe(log.read_text(errors="replace")) if self.describe else last
 
 
 def run_in_group(argv: list[str], log: Path, cap: float, env: dict) -> int | None:
@@ -177,6 +178,12 @@ def listing(check: Check) -> list[str]:
     return ["-m", "harness", "list", "--device", check.device]
 
 
+def listed(text: str) -> str:
+    rows = [line for line in text.splitlines()[2:] if line.strip()]  # below the header and its rule
+    runs = sum(" yes" in line for line in rows)
+    return f"{len(rows)} implementation(s) listed, {runs} of them can run here"
+
+
 def agreement(check: Check) -> list[str]:
     return pytest_args(check, "suites/test_agreement.py", "--lstm-grid", "smoke", "--lstm-dtype", MODES[check.device])
 
@@ -230,7 +237,7 @@ def report(check: Check) -> list[str]:
 # Caps estimated on an H200: versions and list seconds, agreement and the Caffe LSTM points a minute or two (the
 # float64 references), smoke about a minute. One hung step must leave time for the others.
 STEPS = [
-    Step("versions", 60, versions), Step("list", 90, listing), Step("agreement", 180, agreement),
+    Step("versions", 60, versions), Step("list", 90, listing, describe=listed), Step("agreement", 180, agreement),
     Step("agreement_h2048", 150, agreement_at_scale, cuda="agreement at hidden 2048, length 100"),
     Step("set_weights", 120, set_weights), Step("cupy_side_stream", 90, cupy_side_stream, cuda="the CuPy stream check"),
     Step("smoke", 150, smoke), Step("caffe_points", 180, caffe_points, cuda="hidden 2048 (the Caffe LSTM's shape)"),
