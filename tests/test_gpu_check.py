@@ -42,6 +42,7 @@ def test_a_step_at_its_cap_is_stopped_with_its_children_and_keeps_its_partial_lo
     starts; what it printed before the cap is in its log."""
     monkeypatch.setattr(gpu_check, "SMALLEST_CAP", 0.5)
     monkeypatch.setattr(gpu_check, "STOP_GRACE_SECONDS", 1)
+    monkeypatch.setattr(gpu_check, "CPU_CAP_FACTOR", 1)  # the cap as written, not the CPU's longer one
     pid_file = tmp_path / "child.pid"
     code = (f"import subprocess, sys, time\n"
             f"child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
@@ -78,6 +79,7 @@ def test_the_budget_holds_including_the_slowest_step(tmp_path, monkeypatch):
     """A step that ignores every budget is stopped where the check's budget ends, not at its own cap."""
     monkeypatch.setattr(gpu_check, "SMALLEST_CAP", 0.5)
     monkeypatch.setattr(gpu_check, "STOP_GRACE_SECONDS", 1)
+    monkeypatch.setattr(gpu_check, "CPU_CAP_FACTOR", 1)  # the cap as written, not the CPU's longer one
     budget = 6.0
     check = Check(tmp_path, "cpu", 0.1, False, deadline=time.monotonic() + budget)
     started = time.monotonic()
