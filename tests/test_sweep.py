@@ -228,7 +228,7 @@ def cluster(tmp_path_factory):
             proc.wait()
 
 
-def sweep(*args, timeout=300, **env):
+def sweep(*args, timeout=600, **env):  # a local Ray instance on 2 busy cores is slow to start
     """`python -m harness sweep ARGS` from the checkout, with tests/ importable on the driver only."""
     return subprocess.run([sys.executable, "-m", "harness", "sweep", "--no-progress", *args], cwd=ROOT,
                           env=_ray_env(PYTHONPATH=str(TESTS), **env), capture_output=True, text=True, timeout=timeout)
@@ -255,7 +255,7 @@ def test_the_smoke_grid_as_four_shards_matches_one_pytest_run(tmp_path):
     one = subprocess.run([sys.executable, "-m", "pytest", "suites/test_speed.py", "--benchmark-only", *SMOKE, *impls,
                           "--benchmark-json", str(direct), f"--benchmark-storage=file://{tmp_path / 'storage'}",
                           "-p", "no:cacheprovider", "-q"], cwd=ROOT, env=_ray_env(PYTHONPATH=str(TESTS)),
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=600)
     assert one.returncode == 1, one.stdout + one.stderr  # the mutant fails its points
     proc = sweep(*SMOKE, *impls, "--out", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
