@@ -164,3 +164,24 @@ def test_the_suites_run_from_a_plain_checkout_with_nothing_installed(tmp_path):
     assert str(tmp_path / "harness") in subprocess.run(
         [sys.executable, "-c", "import harness; print(harness.__file__)"], cwd=tmp_path, env=env,
         capture_output=True, text=True).stdout  # the copy ran, not the installed tree
+
+
+def test_flashrnn_cuda_is_kept_out_of_the_shared_steps_and_checked_in_its_own(tmp_path):
+    """It compiles with nvcc at first use (minutes, with retries): it must not eat the other steps' time."""
+    check = Check(tmp_path, "cuda", 0.1, False, deadline=time.monotonic() + 60)
+    for command in (gpu_check.agreement, gpu_check.smoke, gpu_check.caffe_points):
+        args = command(check)
+        assert args[args.index("--lstm-skip-impls") + 1] == "flashrnn_cuda", args
+    assert "not flashrnn_cuda" in " ".join(gpu_check.set_weights(check))
+    own = gpu_check.flashrnn_cuda(check)
+    assert own[own.index("--lstm-impls") + 1] == "flashrnn_cuda" and "--lstm-skip-impls" not in own
+    names = [step.name for step in gpu_check.STEPS]
+    assert names.index("flashrnn_cuda") == len(names) - 2  # last before the report: the others ran first
+    asked = Check(tmp_path, "cuda", 0.1, False, deadline=time.monotonic() + 60, impls="cudnn,fused")
+    assert "--lstm-skip-impls" not in gpu_check.agreement(asked)  # --impls as given
+    try:
+        gpu_check.flashrnn_cuda(asked)
+    except Skip as exc:
+        assert "not among --impls" in str(exc)
+    else:
+        raise AssertionError("flashrnn_cuda's step ran though --impls left it out")
