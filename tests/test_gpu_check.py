@@ -54,6 +54,7 @@ def test_a_step_at_its_cap_is_stopped_with_its_children_and_keeps_its_partial_lo
     results = gpu_check.run_steps(check, [Step("hangs", 3, python(code)), Step("next", 30, python("print('ran')"))])
     assert time.monotonic() - started < 30
     assert results[0]["status"] == "failed" and "stopped at its cap of 3 s" in results[0]["detail"], results
+    assert results[0]["detail"].endswith(": partial output"), results[0]  # its own last line, not the marker
     assert results[1]["status"] == "ok"
     log = (tmp_path / "hangs.log").read_text()
     assert "partial output" in log and "stopped at its cap" in log

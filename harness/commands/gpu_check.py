@@ -160,8 +160,10 @@ def _skip_reason(log: Path) -> str | None:
 
 
 def _last_line(log: Path) -> str:
+    """The step's own last line (not the check's marker of a stop)."""
     try:
-        lines = log.read_text(errors="replace").strip().splitlines()
+        lines = [line for line in log.read_text(errors="replace").splitlines()
+                 if line.strip() and not line.startswith("[gpu-check]")]
     except OSError:
         return "(no log)"
     return (lines[-1] if lines else "(no output)")[:300]
