@@ -283,10 +283,15 @@ class CupyLSTM(Impl):
 
     @classmethod
     def _array_module(cls, problem: Problem):
-        """The array module that runs `problem`: CuPy, or an error that says why not (and names `numpy`)."""
-        if not _on_cupy(problem):
+        """The array module that runs `problem`, or an error that says why not (naming the other implementation)."""
+        module = cls._module_for(problem)
+        if module is None:
             raise RuntimeError(f"{cls.name} cannot run {problem.id}: {cls.supports(problem).reason}")
-        return cupy
+        return module
+
+    @staticmethod
+    def _module_for(problem: Problem):
+        return cupy if _on_cupy(problem) else None
 
     def __init__(self, problem: Problem, weights: list[LayerWeights]) -> None:
         super().__init__(problem, weights)
@@ -424,8 +429,6 @@ class NumpyLSTM(CupyLSTM):
     def backend(cls, problem: Problem) -> str:
         return f"NumPy {np.__version__} ufuncs + BLAS (the cupy implementation's algorithm on the CPU)"
 
-    @classmethod
-    def _array_module(cls, problem: Problem):
-        if problem.device != "cpu":
-            raise RuntimeError(f"{cls.name} cannot run {problem.id}: {cls.supports(problem).reason}")
-        return np
+    @staticmethod
+    def _module_for(problem: Problem):
+        return np if problem.device == "cpu" else None

@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+from harness.commands.gpu_check import SET_WEIGHTS_IMPLS
 from harness.contract.agreement import new_agreement, run_and_compare
 from harness.contract.inputs import make_inputs
 from harness.contract.problem import Problem
@@ -33,7 +34,7 @@ class GraphsEagerUnpacked(GraphsEager):
     use_packed_gemm = False  # as on CUDA
 
 
-ONLY = "LSTM_HARNESS_SET_WEIGHTS_IMPLS"  # the GPU check's --impls: only these implementations, by exact name
+ONLY = SET_WEIGHTS_IMPLS  # the GPU check's --impls: only these implementations, by exact name
 PROBLEMS = [Problem(batch=5, length=7, input_size=12, hidden=16, layers=2),
             Problem(batch=3, length=4, input_size=256, hidden=256, layers=2)]  # wide enough for prepacked GEMMs
 if torch.cuda.is_available():  # the real CUDA graphs, where there is a GPU

@@ -64,7 +64,7 @@ class Check:
     plots: bool
     deadline: float
     results: list[dict] = field(default_factory=list)
-    impls: str | None = None  # --impl: only these implementations (default: every registered one)
+    impls: str | None = None  # --impls: only these implementations (default: every registered one)
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()

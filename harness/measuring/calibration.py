@@ -31,7 +31,8 @@ def calibration_rows(checks: Iterable[Agreement]) -> list[list]:
             continue
         key = (a.problem.dtype, kind_of(a.check), a.impl)
         error, tolerance, points, passed = worst.get(key, (0.0, a.tolerance, 0, True))
-        error = a.max_error if not (a.max_error <= error) else error  # NaN wins: it is the worst
+        if not a.max_error <= error:  # the larger, and a NaN (no comparison holds) is the worst of all
+            error = a.max_error
         worst[key] = (error, a.tolerance, points + 1, passed and a.passed)
     order = {name: i for i, name in enumerate(ORDER)}
     return [[dtype, kind, impl, points, f"{error:.2e}", f"{tolerance:.0e}", f"{error / tolerance:.3f}",
