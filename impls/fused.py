@@ -9,7 +9,7 @@ over all steps (h_0 included: hidden states live in a [T+1, B, H] buffer whose r
 the input-weight gradient, the bias gradient and dx as one operation each. No autograd graph.
 
 How it runs on a CPU (the per-step product: the C++ loop's own register-blocked kernel, MKL's packed
-GEMM, oneDNN's prepacked one or ATen's; the threads of a call; the big GEMMs prepacked or not) is
+GEMM, oneDNN's prepacked one or ATen's; the threads of a call; the big GEMMs on oneDNN or ATen) is
 chosen by measuring at construction, once per machine and shape (impls/fused_tuning.py); elsewhere,
 and with LSTM_HARNESS_NO_TUNING=1, a fixed rule (default_plan).
 
@@ -23,6 +23,7 @@ per step. The backend label says which loop ran.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -55,6 +56,23 @@ def onednn_prepacking(problem: Problem) -> bool:
 def packed_gemm_available(problem: Problem) -> bool:
     """The fixed rule's choice of oneDNN-prepacked GEMMs (tuning measures them at any width)."""
     return onednn_prepacking(problem) and problem.hidden >= PACKED_MIN_HIDDEN
+
+
+@functools.cache
+def dnn_matmul_works() -> bool:
+    """Whether the C++ loop's dnn_matmul (oneDNN's matmul, which PyTorch exports but does not document)
+    runs float32 here and agrees with torch.mm: a PyTorch that lacks it, or keeps it to half precision,
+    leaves the recurrent-weight gradient on ATen."""
+    ops = native_steps().ops
+    if ops is None or not torch.backends.mkldnn.is_available() or not ops.has_dnn_matmul():
+        return False
+    a, b = torch.randn(24, 40, generator=torch.Generator().manual_seed(0)), torch.randn(24, 16)
+    out = torch.empty(40, 16)
+    try:
+        ops.dnn_matmul(a.t(), b, out, 0.0)
+    except RuntimeError:
+        return False
+    return torch.allclose(out, a.t() @ b, rtol=1e-5, atol=1e-5)
 
 
 @contextlib.contextmanager
@@ -327,11 +345,17 @@ class FusedLSTM(Impl):
         """This step's pre-activations: x_proj + h_prev @ W_h^T."""
         return layer.forward_gemm(h_prev, x_proj, out=layer.pre)
 
-    @staticmethod
-    def _weight_grads(d_gates: torch.Tensor, x: torch.Tensor, h_prev: torch.Tensor):
-        """dW_x and dW_h over all steps as ONE GEMM: d_gates [T*B, 4H]^T @ [x | h_prev] [T*B, I+H].
-        The recurrent-weight gradient is the Caffe LSTM's single matrix product; folding the input
-        weight's into it makes one larger, faster product."""
+    def _weight_grads(self, d_gates: torch.Tensor, x: torch.Tensor, h_prev: torch.Tensor):
+        """dW_x = d_gates [T*B, 4H]^T @ x [T*B, I] and dW_h = d_gates^T @ h_prev [T*B, H], each ONE GEMM over
+        all steps (the recurrent one is the Caffe LSTM's single matrix product). With the big GEMMs on
+        oneDNN, its matmul reads the transposed view of d_gates as it is (MKL reads it at 0.9x its rate and
+        oneDNN's linear wants it copied); on ATen, one product over [x | h_prev], faster than two there."""
+        if self.plan.big_packed and self.native is not None and dnn_matmul_works():
+            d_w_x = d_gates.new_empty(d_gates.shape[1], x.shape[1])
+            d_w_h = d_gates.new_empty(d_gates.shape[1], h_prev.shape[1])
+            self.native.dnn_matmul(d_gates.t(), x, d_w_x, 0.0)
+            self.native.dnn_matmul(d_gates.t(), h_prev, d_w_h, 0.0)
+            return d_w_x, d_w_h
         d_w = d_gates.t() @ torch.cat([x, h_prev], dim=1)
         return d_w[:, :x.shape[1]], d_w[:, x.shape[1]:]
 

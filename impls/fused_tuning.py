@@ -11,7 +11,8 @@ steps: everything in `fused` is per step or linear in the steps), and takes the 
   be chosen: a step's fork/join waits on every thread, and a thread the OS has given to another
   process's work stalls each step (on 2 cores beside one busy process the two-thread loop lost 78 %
   of its rate);
-- the big GEMMs (input projection of all steps, dx): oneDNN-prepacked or ATen's.
+- the big GEMMs (input projection of all steps, dx, dW): on oneDNN (prepacked weights; dW by its
+  matmul on a transposed view) or ATen's.
 
 Candidates run in turns, each round every candidate once, so a change of load hits all alike; a
 candidate's time is its fastest round (a round repeats a tiny call until it lasts MIN_MEASURE_SECONDS).
@@ -51,11 +52,11 @@ class Plan:
 
     step: int  # the per-step product (impls.fused GEMM_*)
     threads: int  # threads of the whole call; 0: as many as the process has
-    big_packed: bool  # the big GEMMs on oneDNN-prepacked weights
+    big_packed: bool  # the big GEMMs on oneDNN: input projection and dx prepacked, dW by its matmul
 
     def label(self) -> str:
         threads = "the process's threads" if self.threads == 0 else f"{self.threads} thread(s)"
-        big = "oneDNN-prepacked" if self.big_packed else "ATen"
+        big = "oneDNN" if self.big_packed else "ATen"
         return f"per-step products: {STEP_NAMES[self.step]}, {threads}; big GEMMs: {big}"
 
 

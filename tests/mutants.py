@@ -59,7 +59,7 @@ class RecurrentGradSkipsFirstStep(FusedLSTM):
     description = "recurrent-weight gradient leaves out the first step"
 
     def _weight_grads(self, d_gates, x, h_prev):
-        d_w_x, _ = FusedLSTM._weight_grads(d_gates, x, h_prev)
+        d_w_x, _ = super()._weight_grads(d_gates, x, h_prev)
         batch = self.layers[0].shape[1]  # rows 0..B-1 are step 0
         return d_w_x, d_gates[batch:].t() @ h_prev[batch:]
 

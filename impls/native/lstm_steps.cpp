@@ -31,6 +31,17 @@ void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k
                          const float* b, int ldb, float beta, float* c, int ldc) __attribute__((weak));
 }
 
+// oneDNN's matmul as PyTorch's addmm calls it for half-precision types (aten/src/ATen/native/mkldnn/Matmul.cpp):
+// float32 too, in full precision unless the process asked for bf32/tf32, on operands that are contiguous or
+// a transposed view, into a given output. What `fused` wants for its big products: oneDNN's GEMM, with the
+// recurrent-weight gradient read from a transposed view of dA and written into a buffer it keeps (the
+// prepacked linear allocates its result, and MKL reads a transposed A at 0.9x). Not in PyTorch's public
+// headers: declared here, weak, so the library loads without it and has_dnn_matmul() says no.
+namespace at::native {
+void mkldnn_matmul(const at::Tensor& mat1, const at::Tensor& mat2, const at::Tensor& result, float beta, float alpha)
+    __attribute__((weak));
+}
+
 namespace {
 
 enum GemmMode : int64_t { kAten = 0, kPacked = 1, kLoop = 2, kMkl = 3 };
@@ -570,6 +581,20 @@ at::Tensor mkl_pack(at::Tensor w, int64_t m, bool transposed, std::optional<at::
 
 bool has_mkl_packed_gemm() { return mkl_packed_available(); }
 
+// out = beta * out + a @ b on oneDNN's matmul (float32 CPU; a and b contiguous or transposed views; out contiguous).
+void dnn_matmul(at::Tensor a, at::Tensor b, at::Tensor out, double beta) {
+  TORCH_CHECK(at::native::mkldnn_matmul != nullptr, "dnn_matmul: this PyTorch does not export oneDNN's matmul");
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && out.dim() == 2 && a.size(1) == b.size(0) && out.size(0) == a.size(0) &&
+                  out.size(1) == b.size(1),
+              "dnn_matmul: shapes do not fit out [m, n] = a [m, k] @ b [k, n]");
+  TORCH_CHECK(a.device().is_cpu() && a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat &&
+                  out.scalar_type() == at::kFloat && out.is_contiguous(),
+              "dnn_matmul: float32 CPU operands and a contiguous output");
+  at::native::mkldnn_matmul(a, b, out, static_cast<float>(beta), 1.0f);
+}
+
+bool has_dnn_matmul() { return at::native::mkldnn_matmul != nullptr; }
+
 // x [B, K] @ w [K, N] (+ addend [B, N]) by the loop's own kernel, w given as own_pack(w): for tests, and to
 // time the kernel alone.
 at::Tensor own_product(at::Tensor x, at::Tensor packed, int64_t n, std::optional<at::Tensor> addend, int64_t threads) {
@@ -596,6 +621,8 @@ TORCH_LIBRARY(lstm_harness_steps, m) {
   m.def("backward_steps", &backward_steps);
   m.def("mkl_pack", &mkl_pack);
   m.def("has_mkl_packed_gemm", &has_mkl_packed_gemm);
+  m.def("dnn_matmul", &dnn_matmul);
+  m.def("has_dnn_matmul", &has_dnn_matmul);
   m.def("own_product", &own_product);
   m.def("own_pack", &own_pack);
 }
