@@ -345,12 +345,17 @@ class FusedLSTM(Impl):
         """This step's pre-activations: x_proj + h_prev @ W_h^T."""
         return layer.forward_gemm(h_prev, x_proj, out=layer.pre)
 
+    @property
+    def dnn_weight_grads(self) -> bool:
+        """dW on oneDNN's matmul: the plan puts the big GEMMs on oneDNN, the C++ loop is here, and the matmul works."""
+        return self.plan.big_packed and self.native is not None and dnn_matmul_works()
+
     def _weight_grads(self, d_gates: torch.Tensor, x: torch.Tensor, h_prev: torch.Tensor):
         """dW_x = d_gates [T*B, 4H]^T @ x [T*B, I] and dW_h = d_gates^T @ h_prev [T*B, H], each ONE GEMM over
         all steps (the recurrent one is the Caffe LSTM's single matrix product). With the big GEMMs on
         oneDNN, its matmul reads the transposed view of d_gates as it is (MKL reads it at 0.9x its rate and
         oneDNN's linear wants it copied); on ATen, one product over [x | h_prev], faster than two there."""
-        if self.plan.big_packed and self.native is not None and dnn_matmul_works():
+        if self.dnn_weight_grads:
             d_w_x = d_gates.new_empty(d_gates.shape[1], x.shape[1])
             d_w_h = d_gates.new_empty(d_gates.shape[1], h_prev.shape[1])
             self.native.dnn_matmul(d_gates.t(), x, d_w_x, 0.0)

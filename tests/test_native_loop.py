@@ -196,3 +196,44 @@ def test_a_lock_that_goes_away_within_the_wait_lets_the_load_go_on(tmp_path):
     lock.write_text("")
     threading.Timer(0.3, lock.unlink).start()
     assert native.wait_for_lock(lock, 20) is None
+
+
+def test_dnn_matmul_reads_a_transposed_view_and_writes_into_the_given_buffer():
+    """oneDNN's matmul, which PyTorch exports but does not document: checked here so that a PyTorch that changes it
+    shows up as a failing test, not as `fused` quietly back on ATen's dW."""
+    ops = native.native_steps().ops
+    if not (torch.backends.mkldnn.is_available() and ops.has_dnn_matmul()):
+        pytest.skip("this PyTorch exports no oneDNN matmul")
+    from impls.fused import dnn_matmul_works
+
+    assert dnn_matmul_works()
+    d_gates, z = torch.randn(300, 64), torch.randn(300, 48)
+    out = torch.empty(64, 48)
+    target = torch.full((64, 32), float("nan"))
+    ops.dnn_matmul(d_gates.t(), z[:, 16:], target, 0.0)  # a column slice of z: strided rows
+    assert torch.allclose(target, d_gates.t() @ z[:, 16:], rtol=1e-5, atol=1e-4)
+    with pytest.raises(RuntimeError, match="contiguous output"):
+        ops.dnn_matmul(d_gates.t(), z, torch.empty(48, 64).t(), 0.0)
+    with pytest.raises(RuntimeError, match="shapes do not fit"):
+        ops.dnn_matmul(d_gates, z, out, 0.0)
+    with pytest.raises(RuntimeError, match="float32"):
+        ops.dnn_matmul(d_gates.t().double(), z.double(), out.double(), 0.0)
+
+
+@pytest.mark.parametrize("dnn", [True, False], ids=["dW on oneDNN", "dW on ATen"])
+def test_both_ways_of_the_weight_gradient_agree_with_the_reference(monkeypatch, dnn):
+    """With the big GEMMs on oneDNN, dW runs on its matmul where that works, else on ATen's mm (one product over
+    [x | h_prev]): both agree with the float64 reference, and the plan says which."""
+    import impls.fused as fused
+
+    problem = Problem(batch=6, length=7, input_size=24, hidden=32, layers=2)
+    if not fused.onednn_prepacking(problem):
+        pytest.skip("no oneDNN in this torch build")
+    if not dnn:
+        monkeypatch.setattr(fused, "dnn_matmul_works", lambda: False)
+    elif not fused.dnn_matmul_works():
+        pytest.skip("this PyTorch's oneDNN matmul does not run float32")
+    pinned_plan = type("PinnedBig", (FusedLSTM,), {"fixed_plan": Plan(GEMM_LOOP, 0, True)})
+    agreement, impl = check_agreement(pinned_plan, problem)
+    assert impl.dnn_weight_grads == dnn
+    assert agreement.passed, agreement.summary() + "\n" + agreement.table()
