@@ -62,12 +62,15 @@ def packed_gemm_available(problem: Problem) -> bool:
 def dnn_matmul_works() -> bool:
     """Whether the C++ loop's dnn_matmul (oneDNN's matmul, which PyTorch exports but does not document)
     runs float32 here and agrees with torch.mm: a PyTorch that lacks it, or keeps it to half precision,
-    leaves the recurrent-weight gradient on ATen."""
+    leaves the weight gradients on ATen. Its operands are made explicitly (the process's default dtype,
+    device and random state are not this check's to use)."""
     ops = native_steps().ops
     if ops is None or not torch.backends.mkldnn.is_available() or not ops.has_dnn_matmul():
         return False
-    a, b = torch.randn(24, 40, generator=torch.Generator().manual_seed(0)), torch.randn(24, 16)
-    out = torch.empty(40, 16)
+    made = {"dtype": torch.float32, "device": "cpu"}
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(24, n, generator=generator, **made) for n in (40, 16))
+    out = torch.empty(40, 16, **made)
     try:
         ops.dnn_matmul(a.t(), b, out, 0.0)
     except RuntimeError:
@@ -284,6 +287,8 @@ class FusedLSTM(Impl):
         elif tuned is not None:
             # Not whether it came from the cache: one path must give one label, or a report splits its rows.
             how = f"{plan.label()} (chosen by measuring here)"
+            if plan.big_packed and native and not dnn_matmul_works():
+                how += "; dW on ATen (this PyTorch's oneDNN matmul does not run float32)"
         else:
             how = {GEMM_PACKED: "oneDNN-prepacked per-step GEMMs", GEMM_LOOP: "per-step products in the C++ loop",
                    GEMM_MKL: "MKL-packed per-step GEMMs", GEMM_ATEN: "torch.addmm GEMMs"}[plan.step]
@@ -293,6 +298,10 @@ class FusedLSTM(Impl):
         super().__init__(problem, weights)
         self.native = self.native_loop()  # built (first use) or loaded here, outside any timed call
         self.plan = plan or self.fixed_plan or self._chosen_plan(problem, weights)
+        # dW on oneDNN's matmul: the plan puts the big GEMMs on oneDNN and the matmul works here (decided now,
+        # outside any timed call: the first answer runs a check).
+        self.dnn_weight_grads = (self.plan.big_packed and self.native is not None and problem.device == "cpu"
+                                 and problem.dtype == "float32" and dnn_matmul_works())
         self.layers = [_Layer(*fused, w) for fused, w in zip(self._fused_order(weights), weights, strict=True)]
 
     def _chosen_plan(self, problem: Problem, weights: list[LayerWeights]) -> Plan:
@@ -345,16 +354,12 @@ class FusedLSTM(Impl):
         """This step's pre-activations: x_proj + h_prev @ W_h^T."""
         return layer.forward_gemm(h_prev, x_proj, out=layer.pre)
 
-    @property
-    def dnn_weight_grads(self) -> bool:
-        """dW on oneDNN's matmul: the plan puts the big GEMMs on oneDNN, the C++ loop is here, and the matmul works."""
-        return self.plan.big_packed and self.native is not None and dnn_matmul_works()
-
     def _weight_grads(self, d_gates: torch.Tensor, x: torch.Tensor, h_prev: torch.Tensor):
         """dW_x = d_gates [T*B, 4H]^T @ x [T*B, I] and dW_h = d_gates^T @ h_prev [T*B, H], each ONE GEMM over
         all steps (the recurrent one is the Caffe LSTM's single matrix product). With the big GEMMs on
-        oneDNN, its matmul reads the transposed view of d_gates as it is (MKL reads it at 0.9x its rate and
-        oneDNN's linear wants it copied); on ATen, one product over [x | h_prev], faster than two there."""
+        oneDNN, its matmul reads the transposed view of d_gates as it is (MKL runs a transposed A at 0.9x the
+        rate of a plain one, and oneDNN's linear wants it copied); on ATen, one product over [x | h_prev],
+        faster than two there."""
         if self.dnn_weight_grads:
             d_w_x = d_gates.new_empty(d_gates.shape[1], x.shape[1])
             d_w_h = d_gates.new_empty(d_gates.shape[1], h_prev.shape[1])

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-VERSION = 1  # bump when what is measured changes: older entries are then measured again
+VERSION = 2  # bump when what is measured changes: older entries are then measured again
 TUNING_STEPS = 10
 ROUNDS = 5
 MARGIN = 1.2
@@ -52,7 +52,7 @@ class Plan:
 
     step: int  # the per-step product (impls.fused GEMM_*)
     threads: int  # threads of the whole call; 0: as many as the process has
-    big_packed: bool  # the big GEMMs on oneDNN: input projection and dx prepacked, dW by its matmul
+    big_packed: bool  # the big GEMMs on oneDNN: input projection and dx prepacked, dW by its matmul where it works
 
     def label(self) -> str:
         threads = "the process's threads" if self.threads == 0 else f"{self.threads} thread(s)"

@@ -13,7 +13,7 @@ from harness.contract.inputs import make_inputs
 from harness.contract.problem import Problem
 from impls import native
 from impls.fused import GEMM_ATEN, GEMM_LOOP, GEMM_MKL, GEMM_PACKED, FusedLSTM, FusedPythonLSTM, packed_gemm_available
-from impls.fused_tuning import Plan
+from impls.fused_tuning import Plan, Tuned
 
 
 class FusedOneDNN(FusedLSTM):
@@ -199,31 +199,36 @@ def test_a_lock_that_goes_away_within_the_wait_lets_the_load_go_on(tmp_path):
 
 
 def test_dnn_matmul_reads_a_transposed_view_and_writes_into_the_given_buffer():
-    """oneDNN's matmul, which PyTorch exports but does not document: checked here so that a PyTorch that changes it
-    shows up as a failing test, not as `fused` quietly back on ATen's dW."""
+    """oneDNN's matmul, which PyTorch exports but does not document, on the views `fused` gives it, and the errors
+    of its guards."""
+    from impls.fused import dnn_matmul_works
+
     ops = native.native_steps().ops
     if not (torch.backends.mkldnn.is_available() and ops.has_dnn_matmul()):
         pytest.skip("this PyTorch exports no oneDNN matmul")
-    from impls.fused import dnn_matmul_works
-
-    assert dnn_matmul_works()
+    if not dnn_matmul_works():
+        pytest.skip("this PyTorch's oneDNN matmul does not run float32 (fused's dW stays on ATen)")
     d_gates, z = torch.randn(300, 64), torch.randn(300, 48)
     out = torch.empty(64, 48)
     target = torch.full((64, 32), float("nan"))
     ops.dnn_matmul(d_gates.t(), z[:, 16:], target, 0.0)  # a column slice of z: strided rows
     assert torch.allclose(target, d_gates.t() @ z[:, 16:], rtol=1e-5, atol=1e-4)
-    with pytest.raises(RuntimeError, match="contiguous output"):
+    with pytest.raises(RuntimeError, match="output must be contiguous"):
         ops.dnn_matmul(d_gates.t(), z, torch.empty(48, 64).t(), 0.0)
     with pytest.raises(RuntimeError, match="shapes do not fit"):
         ops.dnn_matmul(d_gates, z, out, 0.0)
-    with pytest.raises(RuntimeError, match="float32"):
+    with pytest.raises(RuntimeError, match="float32 operands"):
         ops.dnn_matmul(d_gates.t().double(), z.double(), out.double(), 0.0)
+    with pytest.raises(RuntimeError, match="single memory location"):
+        square = torch.randn(32, 32)
+        ops.dnn_matmul(square, torch.randn(32, 32), square, 0.0)  # the output is an operand
 
 
 @pytest.mark.parametrize("dnn", [True, False], ids=["dW on oneDNN", "dW on ATen"])
 def test_both_ways_of_the_weight_gradient_agree_with_the_reference(monkeypatch, dnn):
     """With the big GEMMs on oneDNN, dW runs on its matmul where that works, else on ATen's mm (one product over
-    [x | h_prev]): both agree with the float64 reference, and the plan says which."""
+    [x | h_prev]): both agree with the float64 reference, the instance says which, and the label says when the
+    plan's oneDNN does not cover dW."""
     import impls.fused as fused
 
     problem = Problem(batch=6, length=7, input_size=24, hidden=32, layers=2)
@@ -236,4 +241,10 @@ def test_both_ways_of_the_weight_gradient_agree_with_the_reference(monkeypatch, 
     pinned_plan = type("PinnedBig", (FusedLSTM,), {"fixed_plan": Plan(GEMM_LOOP, 0, True)})
     agreement, impl = check_agreement(pinned_plan, problem)
     assert impl.dnn_weight_grads == dnn
+    # The label of a plan tuned to the big GEMMs on oneDNN says where dW ran.
+    tuned_plan = Plan(GEMM_LOOP, 0, True)
+    monkeypatch.setattr(fused.FusedLSTM, "plan_for",
+                        classmethod(lambda cls, p: (tuned_plan, Tuned(tuned_plan, {}, cached=True))))
+    label = fused.FusedLSTM.backend(problem)
+    assert "big GEMMs: oneDNN" in label and ("dW on ATen" in label) == (not dnn)
     assert agreement.passed, agreement.summary() + "\n" + agreement.table()

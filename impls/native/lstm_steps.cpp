@@ -10,6 +10,7 @@
 // (input projections on entry, activated gates on exit), h and c [T+1, B, H] with row 0 the
 // initial state, tanh_c [T, B, H], d_gates [T, B, 4H] in canonical order i, f, g, o.
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
@@ -33,9 +34,8 @@ void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k
 
 // oneDNN's matmul as PyTorch's addmm calls it for half-precision types (aten/src/ATen/native/mkldnn/Matmul.cpp):
 // float32 too, in full precision unless the process asked for bf32/tf32, on operands that are contiguous or
-// a transposed view, into a given output. What `fused` wants for its big products: oneDNN's GEMM, with the
-// recurrent-weight gradient read from a transposed view of dA and written into a buffer it keeps (the
-// prepacked linear allocates its result, and MKL reads a transposed A at 0.9x). Not in PyTorch's public
+// a transposed view, into a given output. What `fused` wants for its weight gradients: oneDNN's GEMM reading
+// the transposed view of dA as it is (oneDNN's linear wants it copied, and MKL runs a transposed A at 0.9x). Not in PyTorch's public
 // headers: declared here, weak, so the library loads without it and has_dnn_matmul() says no.
 namespace at::native {
 void mkldnn_matmul(const at::Tensor& mat1, const at::Tensor& mat2, const at::Tensor& result, float beta, float alpha)
@@ -587,9 +587,14 @@ void dnn_matmul(at::Tensor a, at::Tensor b, at::Tensor out, double beta) {
   TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && out.dim() == 2 && a.size(1) == b.size(0) && out.size(0) == a.size(0) &&
                   out.size(1) == b.size(1),
               "dnn_matmul: shapes do not fit out [m, n] = a [m, k] @ b [k, n]");
-  TORCH_CHECK(a.device().is_cpu() && a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat &&
-                  out.scalar_type() == at::kFloat && out.is_contiguous(),
-              "dnn_matmul: float32 CPU operands and a contiguous output");
+  TORCH_CHECK(a.device().is_cpu() && b.device().is_cpu() && out.device().is_cpu() && a.layout() == at::kStrided &&
+                  b.layout() == at::kStrided && out.layout() == at::kStrided,
+              "dnn_matmul: dense CPU tensors only");
+  TORCH_CHECK(a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat,
+              "dnn_matmul: float32 operands and output");
+  TORCH_CHECK(out.is_contiguous(), "dnn_matmul: the output must be contiguous");
+  at::assert_no_overlap(out, a);
+  at::assert_no_overlap(out, b);
   at::native::mkldnn_matmul(a, b, out, static_cast<float>(beta), 1.0f);
 }
 
