@@ -300,8 +300,8 @@ class FusedLSTM(Impl):
         self.plan = plan or self.fixed_plan or self._chosen_plan(problem, weights)
         # dW on oneDNN's matmul: the plan puts the big GEMMs on oneDNN and the matmul works here (decided now,
         # outside any timed call: the first answer runs a check).
-        self.dnn_weight_grads = (self.plan.big_packed and self.native is not None and problem.device == "cpu"
-                                 and problem.dtype == "float32" and dnn_matmul_works())
+        self.dnn_weight_grads = (self.plan.big_packed and self.native is not None and onednn_prepacking(problem)
+                                 and dnn_matmul_works())
         self.layers = [_Layer(*fused, w) for fused, w in zip(self._fused_order(weights), weights, strict=True)]
 
     def _chosen_plan(self, problem: Problem, weights: list[LayerWeights]) -> Plan:

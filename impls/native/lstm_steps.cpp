@@ -35,8 +35,9 @@ void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k
 // oneDNN's matmul as PyTorch's addmm calls it for half-precision types (aten/src/ATen/native/mkldnn/Matmul.cpp):
 // float32 too, in full precision unless the process asked for bf32/tf32, on operands that are contiguous or
 // a transposed view, into a given output. What `fused` wants for its weight gradients: oneDNN's GEMM reading
-// the transposed view of dA as it is (oneDNN's linear wants it copied, and MKL runs a transposed A at 0.9x). Not in PyTorch's public
-// headers: declared here, weak, so the library loads without it and has_dnn_matmul() says no.
+// the transposed view of dA as it is (oneDNN's linear wants it copied, and MKL runs a transposed A at 0.9x).
+// Not in PyTorch's public headers: declared here, weak, so the library loads without it and has_dnn_matmul()
+// says no.
 namespace at::native {
 void mkldnn_matmul(const at::Tensor& mat1, const at::Tensor& mat2, const at::Tensor& result, float beta, float alpha)
     __attribute__((weak));
