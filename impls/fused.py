@@ -42,8 +42,11 @@ PACKED_MIN_HIDDEN = 256
 # Below this many multiply-adds a step (B * 4H * H), the C++ loop does the recurrent product itself:
 # a library call's fixed cost (a few us) is more than the arithmetic (batch 1, hidden 15: 900).
 LOOP_GEMM_MAX_MACS = 1 << 18
-# GEMM modes of the C++ loop (impls/native/lstm_steps.cpp).
-GEMM_ATEN, GEMM_PACKED, GEMM_LOOP, GEMM_MKL = 0, 1, 2, 3
+# GEMM modes of the C++ loop (impls/native/lstm_steps.cpp). GEMM_LOOP_BATCH: the loop's own kernel with the
+# batch split between threads for every step at once (no barrier per step), where GEMM_LOOP splits each step's
+# product by columns.
+GEMM_ATEN, GEMM_PACKED, GEMM_LOOP, GEMM_MKL, GEMM_LOOP_BATCH = 0, 1, 2, 3, 4
+OWN_KERNEL = (GEMM_LOOP, GEMM_LOOP_BATCH)
 
 
 def onednn_prepacking(problem: Problem) -> bool:
@@ -193,7 +196,7 @@ class _Layer:
             self.step_weights = ((MklPacked(ops, self.w_h, B, True), MklPacked(ops, self.w_hh, B, False))
                         if plan.step == GEMM_MKL else
                         (OwnPacked(ops, self.w_h_rows), OwnPacked(ops, self.w_hh))
-                        if plan.step == GEMM_LOOP and ops is not None else None)
+                        if plan.step in OWN_KERNEL and ops is not None else None)
         self.input_gemm = Gemm(self.w_x, T * B, plan.big_packed, bias=self.bias)  # X @ W_x^T + b, all steps
         self.dx_gemm = Gemm(self.w_x_t, T * B, plan.big_packed)  # dA @ W_x, all steps
         self.shape = (T, B)
@@ -258,7 +261,9 @@ class FusedLSTM(Impl):
                 steps.append(GEMM_MKL)
         threads = sorted({1, torch.get_num_threads()})
         big = [False, True] if prepacking else [False]
-        return [Plan(step, n, packed) for step in steps for n in threads for packed in big]
+        plans = [Plan(step, n, packed) for step in steps for n in threads for packed in big]
+        # The batch split differs from GEMM_LOOP only with more than one thread.
+        return plans + [Plan(GEMM_LOOP_BATCH, n, packed) for n in threads if n > 1 for packed in big]
 
     @classmethod
     def plan_for(cls, problem: Problem) -> tuple[Plan, fused_tuning.Tuned | None]:
@@ -291,6 +296,7 @@ class FusedLSTM(Impl):
                 how += "; dW on ATen (this PyTorch's oneDNN matmul does not run float32)"
         else:
             how = {GEMM_PACKED: "oneDNN-prepacked per-step GEMMs", GEMM_LOOP: "per-step products in the C++ loop",
+                   GEMM_LOOP_BATCH: "per-step products in the C++ loop, the batch split between threads",
                    GEMM_MKL: "MKL-packed per-step GEMMs", GEMM_ATEN: "torch.addmm GEMMs"}[plan.step]
         return f"PyTorch {torch.__version__} ops, {loop}, {how} ({problem.device})"
 

@@ -5,8 +5,9 @@ Intel Xeon and far from it on an AMD EPYC. So at construction `fused` times ever
 problem's shape, forward and backward, on a short version of the problem (at most TUNING_STEPS
 steps: everything in `fused` is per step or linear in the steps), and takes the fastest:
 
-- the per-step product: the C++ loop's own register-blocked kernel, MKL's packed GEMM, oneDNN's
-  prepacked one, or ATen's addmm;
+- the per-step product: the C++ loop's own register-blocked kernel (each step split between the threads
+  by columns, or the batch split between them for all steps: no barrier per step, each thread reading
+  the whole weight), MKL's packed GEMM, oneDNN's prepacked one, or ATen's addmm;
 - the threads of the whole call: one, or all the process has. More threads must win by MARGIN to
   be chosen: a step's fork/join waits on every thread, and a thread the OS has given to another
   process's work stalls each step (on 2 cores beside one busy process the two-thread loop lost 78 %
@@ -36,14 +37,15 @@ from pathlib import Path
 
 import torch
 
-VERSION = 2  # bump when what is measured changes: older entries are then measured again
+VERSION = 3  # bump when what is measured changes: older entries are then measured again
 TUNING_STEPS = 10
 ROUNDS = 5
 MARGIN = 1.2
 MIN_MEASURE_SECONDS = 2e-3  # a measurement repeats a candidate's call until it lasts about this long
 CACHE_VARIABLE = "LSTM_HARNESS_TUNING_CACHE"
 DISABLE_VARIABLE = "LSTM_HARNESS_NO_TUNING"
-STEP_NAMES = {0: "ATen addmm", 1: "oneDNN-prepacked GEMM", 2: "own blocked kernel", 3: "MKL packed GEMM"}
+STEP_NAMES = {0: "ATen addmm", 1: "oneDNN-prepacked GEMM", 2: "own blocked kernel", 3: "MKL packed GEMM",
+              4: "own blocked kernel, the batch split between threads"}
 
 
 @dataclass(frozen=True)

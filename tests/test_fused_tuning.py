@@ -10,7 +10,7 @@ import torch
 from harness.contract.agreement import check_agreement
 from harness.contract.problem import Problem
 from impls import fused_tuning
-from impls.fused import GEMM_ATEN, GEMM_LOOP, GEMM_MKL, GEMM_PACKED, FusedLSTM
+from impls.fused import GEMM_ATEN, GEMM_LOOP, GEMM_LOOP_BATCH, GEMM_MKL, GEMM_PACKED, FusedLSTM
 from impls.fused_tuning import MARGIN, Plan
 
 # Shapes that leave partial blocks in the loop's own kernel: rows not a multiple of 4 (3, 6), columns
@@ -37,6 +37,9 @@ def test_every_candidate_plan_agrees_with_the_reference(problem):
         assert GEMM_PACKED in steps
     if torch.get_num_threads() > 1:
         assert {p.threads for p in candidates} == {1, torch.get_num_threads()}
+    # The batch split is a way to share the loop between threads: never offered on one.
+    assert all(p.threads > 1 for p in candidates if p.step == GEMM_LOOP_BATCH)
+    assert (GEMM_LOOP_BATCH in steps) == (torch.get_num_threads() > 1)
     for plan in candidates:
         pinned = type("Pinned", (FusedLSTM,), {"fixed_plan": plan})
         agreement, impl = check_agreement(pinned, problem)

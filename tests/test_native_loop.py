@@ -12,7 +12,16 @@ from harness.contract.agreement import check_agreement
 from harness.contract.inputs import make_inputs
 from harness.contract.problem import Problem
 from impls import native
-from impls.fused import GEMM_ATEN, GEMM_LOOP, GEMM_MKL, GEMM_PACKED, FusedLSTM, FusedPythonLSTM, packed_gemm_available
+from impls.fused import (
+    GEMM_ATEN,
+    GEMM_LOOP,
+    GEMM_LOOP_BATCH,
+    GEMM_MKL,
+    GEMM_PACKED,
+    FusedLSTM,
+    FusedPythonLSTM,
+    packed_gemm_available,
+)
 from impls.fused_tuning import Plan, Tuned
 
 
@@ -248,3 +257,44 @@ def test_both_ways_of_the_weight_gradient_agree_with_the_reference(monkeypatch, 
     label = fused.FusedLSTM.backend(problem)
     assert "big GEMMs: oneDNN" in label and ("dW on ATen" in label) == (not dnn)
     assert agreement.passed, agreement.summary() + "\n" + agreement.table()
+
+
+# Batch splits over two threads: ragged (3 + 2), one tile a thread (10 + 10), fewer rows than threads, float64.
+BATCH_SPLITS = [Problem(batch=5, length=4, input_size=8, hidden=96, layers=2),
+                Problem(batch=20, length=3, input_size=16, hidden=64, layers=1),
+                Problem(batch=1, length=5, input_size=3, hidden=40, layers=1),
+                Problem(batch=3, length=6, input_size=5, hidden=23, layers=3, dtype="float64")]
+
+
+@pytest.mark.parametrize("problem", BATCH_SPLITS, ids=lambda p: p.id)
+def test_the_batch_split_computes_what_the_column_split_does_to_the_bit(problem):
+    """Split by batch rows for the whole loop, each value is the same sum in the same order as split by columns
+    per step: every output and gradient equal bit for bit (gate clipping on), and both agree with the reference."""
+    inputs = make_inputs(problem, seed=4)
+    results = []
+    for mode in (GEMM_LOOP, GEMM_LOOP_BATCH):
+        impl = FusedLSTM(problem, inputs.weights, plan=Plan(mode, 2, False))
+        out = impl.forward(inputs.x, inputs.h0, inputs.c0)
+        kept = [t.clone() for t in (out.y, out.h_n, out.c_n)]
+        grads = impl.backward(inputs.dy, inputs.dh_n, inputs.dc_n, gate_clip=0.05)
+        results.append(kept + [grads.dx, grads.dh0, grads.dc0] +
+                       [t for w in grads.weights for t in (w.w_ih, w.w_hh, w.b_ih, w.b_hh)])
+    for i, (split_by_columns, split_by_batch) in enumerate(zip(*results, strict=True)):
+        assert torch.equal(split_by_columns, split_by_batch), f"result {i} differs"
+    agreement, impl = check_agreement(type("Batch", (FusedLSTM,), {"fixed_plan": Plan(GEMM_LOOP_BATCH, 2, False)}),
+                                      problem)
+    assert impl.plan.step == GEMM_LOOP_BATCH
+    assert agreement.passed, agreement.summary() + "\n" + agreement.table()
+
+
+def test_the_batch_split_needs_the_own_kernels_packed_weight():
+    ops = native.native_steps().ops
+    B, H, T = 4, 32, 3
+    gates, tanh_c = torch.rand(T, B, 4 * H), torch.empty(T, B, H)
+    h, c = torch.rand(T + 1, B, H), torch.rand(T + 1, B, H)
+    w_h = torch.rand(4 * H, H)
+    with pytest.raises(RuntimeError, match="own product needs W_h\\^T"):
+        ops.forward_steps(gates, h, c, tanh_c, w_h, None, torch.empty(B, 4 * H), GEMM_LOOP_BATCH)
+    with pytest.raises(RuntimeError, match="own product needs W_hh"):
+        ops.backward_steps(gates, c, tanh_c, torch.empty_like(gates), torch.rand(B, H), torch.rand(B, H),
+                           torch.rand(T, B, H), w_h, None, None, GEMM_LOOP_BATCH)
