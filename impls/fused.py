@@ -43,7 +43,7 @@ PACKED_MIN_HIDDEN = 256
 # a library call's fixed cost (a few us) is more than the arithmetic (batch 1, hidden 15: 900).
 LOOP_GEMM_MAX_MACS = 1 << 18
 # GEMM modes of the C++ loop (impls/native/lstm_steps.cpp). GEMM_LOOP_BATCH: the loop's own kernel with the
-# batch split between threads for every step at once (no barrier per step), where GEMM_LOOP splits each step's
+# batch split between threads for the whole loop (no barrier per step), where GEMM_LOOP splits each step's
 # product by columns.
 GEMM_ATEN, GEMM_PACKED, GEMM_LOOP, GEMM_MKL, GEMM_LOOP_BATCH = 0, 1, 2, 3, 4
 OWN_KERNEL = (GEMM_LOOP, GEMM_LOOP_BATCH)
@@ -262,8 +262,9 @@ class FusedLSTM(Impl):
         threads = sorted({1, torch.get_num_threads()})
         big = [False, True] if prepacking else [False]
         plans = [Plan(step, n, packed) for step in steps for n in threads for packed in big]
-        # The batch split differs from GEMM_LOOP only with more than one thread.
-        return plans + [Plan(GEMM_LOOP_BATCH, n, packed) for n in threads if n > 1 for packed in big]
+        # The batch split differs from GEMM_LOOP only with more than one thread and more than one row.
+        batch_split = problem.batch > 1
+        return plans + [Plan(GEMM_LOOP_BATCH, n, packed) for n in threads if n > 1 and batch_split for packed in big]
 
     @classmethod
     def plan_for(cls, problem: Problem) -> tuple[Plan, fused_tuning.Tuned | None]:

@@ -37,9 +37,9 @@ def test_every_candidate_plan_agrees_with_the_reference(problem):
         assert GEMM_PACKED in steps
     if torch.get_num_threads() > 1:
         assert {p.threads for p in candidates} == {1, torch.get_num_threads()}
-    # The batch split is a way to share the loop between threads: never offered on one.
+    # The batch split is a way to share the loop's rows between threads: never offered on one, nor for one row.
     assert all(p.threads > 1 for p in candidates if p.step == GEMM_LOOP_BATCH)
-    assert (GEMM_LOOP_BATCH in steps) == (torch.get_num_threads() > 1)
+    assert (GEMM_LOOP_BATCH in steps) == (torch.get_num_threads() > 1 and problem.batch > 1)
     for plan in candidates:
         pinned = type("Pinned", (FusedLSTM,), {"fixed_plan": plan})
         agreement, impl = check_agreement(pinned, problem)

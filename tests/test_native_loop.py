@@ -259,7 +259,7 @@ def test_both_ways_of_the_weight_gradient_agree_with_the_reference(monkeypatch, 
     assert agreement.passed, agreement.summary() + "\n" + agreement.table()
 
 
-# Batch splits over two threads: ragged (3 + 2), one tile a thread (10 + 10), fewer rows than threads, float64.
+# Batch splits over two threads: ragged (3 + 2), one tile a thread (10 + 10), one row (no split), float64 (2 + 1).
 BATCH_SPLITS = [Problem(batch=5, length=4, input_size=8, hidden=96, layers=2),
                 Problem(batch=20, length=3, input_size=16, hidden=64, layers=1),
                 Problem(batch=1, length=5, input_size=3, hidden=40, layers=1),
@@ -298,3 +298,15 @@ def test_the_batch_split_needs_the_own_kernels_packed_weight():
     with pytest.raises(RuntimeError, match="own product needs W_hh"):
         ops.backward_steps(gates, c, tanh_c, torch.empty_like(gates), torch.rand(B, H), torch.rand(B, H),
                            torch.rand(T, B, H), w_h, None, None, GEMM_LOOP_BATCH)
+
+
+def test_an_unknown_gemm_mode_is_refused_by_name():
+    ops = native.native_steps().ops
+    B, H, T = 2, 8, 2
+    gates, tanh_c = torch.rand(T, B, 4 * H), torch.empty(T, B, H)
+    h, c = torch.rand(T + 1, B, H), torch.rand(T + 1, B, H)
+    with pytest.raises(RuntimeError, match="unknown GEMM mode 5"):
+        ops.forward_steps(gates, h, c, tanh_c, torch.rand(4 * H, H), None, torch.empty(B, 4 * H), 5)
+    with pytest.raises(RuntimeError, match="unknown GEMM mode -1"):
+        ops.backward_steps(gates, c, tanh_c, torch.empty_like(gates), torch.rand(B, H), torch.rand(B, H),
+                           torch.rand(T, B, H), torch.rand(4 * H, H), None, None, -1)

@@ -162,9 +162,9 @@ void forward_cell(const T* pre, T* gates, const T* c_prev, T* c_next, T* tanh_c,
 // backward: W_hh [4H, H]), on w packed by own_pack. Register-blocked: a tile of rows x kCols columns
 // of `out` is held in vector registers while k runs, so the weight is read once per tile of rows,
 // and column block j of w is a contiguous [K, kCols] slab (zero-padded past N), read in order instead
-// of striding N elements per k (which costs a TLB entry per row of w at hidden 512). The column
-// blocks are split over the call's threads when it has more than one (a fork/join is a few
-// microseconds; impls/fused_tuning.py decides by measuring).
+// of striding N elements per k (which costs a TLB entry per row of w at hidden 512). In kLoop the
+// column blocks are split over the call's threads when it has more than one (a fork/join is a few
+// microseconds; impls/fused_tuning.py decides by measuring); in kLoopBatch the rows are (over_batch).
 template <typename T>
 struct Block {
 #ifdef __AVX512F__
@@ -293,10 +293,11 @@ void packed_gemm_rows(const T* __restrict addend, const T* __restrict x, const T
   }
 }
 
-// Batch rows b0..b1 of the call's threads: the rows of a batch never meet in an LSTM, so each thread can take
-// its rows through every step with no barrier between steps and no value crossing cores (kLoopBatch). Split
-// by columns per step, a step waits on both threads twice and moves most of its values between the cores'
-// caches: on the 2-vCPU VM, whose two vCPUs the host places now near each other and now far apart (a cache
+// Runs rows(b0, b1) on each of the call's threads, the batch split between them. The rows of a batch never meet
+// in an LSTM, so each thread can take its rows through every step with no barrier between steps and no value
+// crossing cores (but a cache line at the boundary of two threads' rows, where a row's width is not a multiple of
+// 64 bytes) (kLoopBatch). Split by columns per step (kLoop), a step waits on both threads twice (once where the
+// pointwise pass is not threaded, below kParallelCells) and moves most of its values between the cores' caches: on the 2-vCPU VM, whose two vCPUs the host places now near each other and now far apart (a cache
 // line's round trip 110 vs 400 ns), the forward at batch 20 x hidden 512 took 21.4 / 23.9 ms a layer (near /
 // far) this way against 22.4 / 26.9 split by columns. Each thread then reads the whole weight every step, so
 // with few rows a thread the columns split wins (batch 4: 5.9 vs 4.6 ms): fused_tuning measures both.
@@ -442,6 +443,7 @@ void forward_steps(at::Tensor gates, at::Tensor h, at::Tensor c, at::Tensor tanh
   TORCH_CHECK(gates.is_contiguous() && h.is_contiguous() && c.is_contiguous() && tanh_c.is_contiguous() &&
                   pre.is_contiguous(),
               "forward_steps: buffers must be contiguous");
+  TORCH_CHECK(gemm >= kAten && gemm <= kLoopBatch, "forward_steps: unknown GEMM mode ", gemm);
   const int64_t T = gates.size(0), B = gates.size(1), H = h.size(2);
   TORCH_CHECK(gates.dim() == 3 && gates.size(2) == 4 * H && h.sizes() == at::IntArrayRef({T + 1, B, H}) &&
                   c.sizes() == h.sizes() && tanh_c.sizes() == at::IntArrayRef({T, B, H}) &&
@@ -620,6 +622,7 @@ std::tuple<at::Tensor, at::Tensor> backward_steps(at::Tensor gates, at::Tensor c
   TORCH_CHECK(gates.is_contiguous() && c.is_contiguous() && tanh_c.is_contiguous() && d_gates.is_contiguous() &&
                   d_out.is_contiguous() && w_hh.is_contiguous(),
               "backward_steps: buffers must be contiguous");
+  TORCH_CHECK(gemm >= kAten && gemm <= kLoopBatch, "backward_steps: unknown GEMM mode ", gemm);
   const int64_t T = gates.size(0), B = gates.size(1), H = c.size(2);
   TORCH_CHECK(gates.dim() == 3 && gates.size(2) == 4 * H && c.sizes() == at::IntArrayRef({T + 1, B, H}) &&
                   tanh_c.sizes() == at::IntArrayRef({T, B, H}) && d_gates.sizes() == gates.sizes() &&
