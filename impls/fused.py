@@ -33,7 +33,7 @@ from harness.contract.layout import gate_rows
 from harness.contract.problem import Problem
 from harness.contract.registry import register
 from impls import fused_tuning
-from impls.fused_tuning import Plan
+from impls.fused_tuning import GEMM_ATEN, GEMM_LOOP, GEMM_LOOP_BATCH, GEMM_MKL, GEMM_PACKED, Plan
 from impls.native import native_steps
 
 # A prepacked oneDNN call costs ~20 us however small; it pays from about this width on
@@ -42,10 +42,9 @@ PACKED_MIN_HIDDEN = 256
 # Below this many multiply-adds a step (B * 4H * H), the C++ loop does the recurrent product itself:
 # a library call's fixed cost (a few us) is more than the arithmetic (batch 1, hidden 15: 900).
 LOOP_GEMM_MAX_MACS = 1 << 18
-# GEMM modes of the C++ loop (impls/native/lstm_steps.cpp). GEMM_LOOP_BATCH: the loop's own kernel with the
-# batch split between threads for the whole loop (no barrier per step), where GEMM_LOOP splits each step's
-# product by columns.
-GEMM_ATEN, GEMM_PACKED, GEMM_LOOP, GEMM_MKL, GEMM_LOOP_BATCH = 0, 1, 2, 3, 4
+# GEMM modes of the C++ loop (impls/fused_tuning.py). GEMM_LOOP_BATCH: the loop's own kernel with the batch
+# split between threads for the whole loop (no barrier per step), where GEMM_LOOP splits each step's product by
+# columns.
 OWN_KERNEL = (GEMM_LOOP, GEMM_LOOP_BATCH)
 
 

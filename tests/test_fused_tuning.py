@@ -11,7 +11,7 @@ from harness.contract.agreement import check_agreement
 from harness.contract.problem import Problem
 from impls import fused_tuning
 from impls.fused import GEMM_ATEN, GEMM_LOOP, GEMM_LOOP_BATCH, GEMM_MKL, GEMM_PACKED, FusedLSTM
-from impls.fused_tuning import MARGIN, Plan
+from impls.fused_tuning import MARGIN, SPLIT_MARGIN, Plan
 
 # Shapes that leave partial blocks in the loop's own kernel: rows not a multiple of 4 (3, 6), columns
 # not a multiple of its block (4H = 92, 280), and one column block only (4H = 60).
@@ -89,6 +89,20 @@ def test_the_fastest_is_chosen_and_more_threads_only_by_a_margin(two_threads, ch
     assert tuned.plan == chosen and not tuned.cached
     assert tuned.seconds[OTHER.label()] == pytest.approx(0.030)
     assert all(n == 1 + fused_tuning.ROUNDS for n in calls.values())  # warm-up, then every round, in turns
+
+
+BY_BATCH = Plan(GEMM_LOOP_BATCH, 2, False)
+
+
+@pytest.mark.parametrize(("by_batch", "chosen"), [
+    (0.006 * SPLIT_MARGIN * 0.98, BY_BATCH),  # slower by less than the split margin: the batch split
+    (0.006 * SPLIT_MARGIN * 1.02, TWO),  # slower by more: the column split
+    (0.005, BY_BATCH),  # faster
+])
+def test_the_batch_split_is_kept_unless_the_column_split_beats_it_by_a_margin(by_batch, chosen):
+    clock = FakeClock()
+    run_for, _ = _runs(clock, {ONE: 0.020, TWO: 0.006, BY_BATCH: by_batch})
+    assert fused_tuning.tune(PROBLEM, [ONE, TWO, BY_BATCH], run_for, timer=clock).plan == chosen
 
 
 def test_a_tiny_call_is_repeated_until_a_measurement_lasts():
