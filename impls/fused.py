@@ -326,7 +326,24 @@ class FusedLSTM(Impl):
                 impl.forward(inputs.x, inputs.h0, inputs.c0)
                 impl.backward(inputs.dy, inputs.dh_n, inputs.dc_n)
             return run
-        return fused_tuning.tune(problem, candidates, run_for).plan
+
+        one_layer = problem.replace(layers=1, length=min(problem.length, fused_tuning.SPLIT_STEPS))
+        loop_inputs = make_inputs(one_layer, seed=0)
+
+        def loop_for(plan: Plan):
+            """The first layer's time loop alone, forward and backward, on buffers a forward filled."""
+            impl = FusedLSTM(one_layer, weights[:1], plan=plan)
+            impl.forward(loop_inputs.x, loop_inputs.h0, loop_inputs.c0)
+            layer, H = impl.layers[0], problem.hidden
+            T, d_out = one_layer.length, loop_inputs.dy
+            dh_n, dc_n = loop_inputs.dh_n[0], loop_inputs.dc_n[0]
+
+            def run():
+                with call_threads(plan.threads):
+                    impl._forward_steps(layer, T, H)
+                    impl._backward_steps(layer, dh_n + d_out[T - 1], dc_n.clone(), d_out, None)
+            return run
+        return fused_tuning.tune(problem, candidates, run_for, loop_for=loop_for).plan
 
     def _fused_order(self, weights: list[LayerWeights]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Per layer W_x, W_h and the combined bias in gate order o, i, f, g: new tensors."""

@@ -19,9 +19,10 @@ Split by columns, each step waits on every thread twice and moves its values bet
 so it slows when the cores are far apart or one is busy, and tuning measures in whichever state the
 machine is: on the 2-vCPU VM, whose host moves the two vCPUs now near each other and now apart (a cache
 line's round trip 110 vs 400 ns), the loop at batch 20 x hidden 512 took 22.4 / 26.9 ms a layer forward
-split by columns and 21.4 / 23.9 split by batch, while on 10 tuning steps the two differ by ~1 % of the
-call (the big GEMMs dominate it) and the choice flipped between runs. So the batch split is chosen over
-the column split of the same threads and big GEMMs unless that is faster by more than SPLIT_MARGIN.
+split by columns and 21.4 / 23.9 split by batch; at batch 4 the column split won (4.6 vs 5.9 ms). On 10
+tuning steps of the whole call the two differ by ~1 % (the big GEMMs dominate it) and the choice flipped
+between runs; so where the fastest plan is one of the two, they are measured again, the loop alone (one
+layer's forward and backward steps, SPLIT_STEPS of them, SPLIT_ROUNDS rounds in turns), and the faster kept.
 
 Candidates run in turns, each round every candidate once, so a change of load hits all alike; a
 candidate's time is its fastest round (a round repeats a tiny call until it lasts MIN_MEASURE_SECONDS).
@@ -49,7 +50,8 @@ VERSION = 3  # bump when what is measured changes: older entries are then measur
 TUNING_STEPS = 10
 ROUNDS = 5
 MARGIN = 1.2
-SPLIT_MARGIN = 1.05
+SPLIT_STEPS = 20
+SPLIT_ROUNDS = 9
 MIN_MEASURE_SECONDS = 2e-3  # a measurement repeats a candidate's call until it lasts about this long
 CACHE_VARIABLE = "LSTM_HARNESS_TUNING_CACHE"
 DISABLE_VARIABLE = "LSTM_HARNESS_NO_TUNING"
@@ -57,6 +59,7 @@ DISABLE_VARIABLE = "LSTM_HARNESS_NO_TUNING"
 GEMM_ATEN, GEMM_PACKED, GEMM_LOOP, GEMM_MKL, GEMM_LOOP_BATCH = 0, 1, 2, 3, 4
 STEP_NAMES = {GEMM_ATEN: "ATen addmm", GEMM_PACKED: "oneDNN-prepacked GEMM", GEMM_LOOP: "own blocked kernel",
               GEMM_MKL: "MKL packed GEMM", GEMM_LOOP_BATCH: "own blocked kernel, the batch split between threads"}
+SPLITS = {GEMM_LOOP: GEMM_LOOP_BATCH, GEMM_LOOP_BATCH: GEMM_LOOP}  # the own kernel's two splits, each to the other
 
 
 @dataclass(frozen=True)
@@ -129,39 +132,50 @@ def lookup(problem, candidates: list[Plan]) -> Tuned | None:
 
 
 def tune(problem, candidates: list[Plan], run_for: Callable[[Plan], Callable[[], None]],
-         timer: Callable[[], float] = time.perf_counter, rounds: int = ROUNDS) -> Tuned:
+         timer: Callable[[], float] = time.perf_counter, rounds: int = ROUNDS,
+         loop_for: Callable[[Plan], Callable[[], None]] | None = None) -> Tuned:
     """The cached choice, or measure every candidate (run_for(plan) gives a call that runs one
-    forward and backward) and keep the fastest by the rule in the module's docstring."""
+    forward and backward) and keep the fastest by the rule in the module's docstring; loop_for(plan)
+    gives a call of the time loop alone, to choose between the own kernel's two splits."""
     known = lookup(problem, candidates)
     if known is not None and known.plan in candidates:
         return known
-    runs = {plan: run_for(plan) for plan in candidates}
-    repeats = {}
-    for plan, run in runs.items():  # warm-up: first-touch allocations, packing, caches; and the repeats
-        start = timer()
-        run()
-        repeats[plan] = max(1, min(1000, round(MIN_MEASURE_SECONDS / max(timer() - start, 1e-9))))
-    best = {plan: float("inf") for plan in candidates}
-    for _ in range(rounds):
-        for plan, run in runs.items():
-            start = timer()
-            for _ in range(repeats[plan]):
-                run()
-            best[plan] = min(best[plan], (timer() - start) / repeats[plan])
+    best = _fastest_rounds(candidates, run_for, timer, rounds)
     plan = choose(best)
-    tuned = Tuned(plan, {p.label(): s for p, s in best.items()}, cached=False)
+    seconds = {p.label(): s for p, s in best.items()}
+    other = Plan(SPLITS[plan.step], plan.threads, plan.big_packed) if plan.step in SPLITS else None
+    if loop_for is not None and other in candidates:
+        loops = _fastest_rounds([plan, other], loop_for, timer, SPLIT_ROUNDS)
+        seconds.update({f"{p.label()} (loop alone)": s for p, s in loops.items()})
+        plan = min(loops, key=loops.get)
+    tuned = Tuned(plan, seconds, cached=False)
     key = key_for(problem, candidates)
     _memory[key] = tuned
     _write_cache(key, tuned)
     return tuned
 
 
+def _fastest_rounds(plans: list[Plan], run_for: Callable[[Plan], Callable[[], None]], timer: Callable[[], float],
+                    rounds: int) -> dict[Plan, float]:
+    """Each plan's fastest round (seconds a call), the plans in turns."""
+    runs = {plan: run_for(plan) for plan in plans}
+    repeats = {}
+    for plan, run in runs.items():  # warm-up: first-touch allocations, packing, caches; and the repeats
+        start = timer()
+        run()
+        repeats[plan] = max(1, min(1000, round(MIN_MEASURE_SECONDS / max(timer() - start, 1e-9))))
+    best = {plan: float("inf") for plan in plans}
+    for _ in range(rounds):
+        for plan, run in runs.items():
+            start = timer()
+            for _ in range(repeats[plan]):
+                run()
+            best[plan] = min(best[plan], (timer() - start) / repeats[plan])
+    return best
+
+
 def choose(seconds: dict[Plan, float]) -> Plan:
     fastest = min(seconds, key=seconds.get)
-    if fastest.step == GEMM_LOOP:
-        by_batch = Plan(GEMM_LOOP_BATCH, fastest.threads, fastest.big_packed)
-        if by_batch in seconds and seconds[by_batch] <= seconds[fastest] * SPLIT_MARGIN:
-            fastest = by_batch
     single = [p for p in seconds if p.threads == 1]
     if fastest.threads != 1 and single:
         fastest_single = min(single, key=seconds.get)

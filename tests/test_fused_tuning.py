@@ -11,7 +11,7 @@ from harness.contract.agreement import check_agreement
 from harness.contract.problem import Problem
 from impls import fused_tuning
 from impls.fused import GEMM_ATEN, GEMM_LOOP, GEMM_LOOP_BATCH, GEMM_MKL, GEMM_PACKED, FusedLSTM
-from impls.fused_tuning import MARGIN, SPLIT_MARGIN, Plan
+from impls.fused_tuning import MARGIN, Plan
 
 # Shapes that leave partial blocks in the loop's own kernel: rows not a multiple of 4 (3, 6), columns
 # not a multiple of its block (4H = 92, 280), and one column block only (4H = 60).
@@ -94,15 +94,28 @@ def test_the_fastest_is_chosen_and_more_threads_only_by_a_margin(two_threads, ch
 BY_BATCH = Plan(GEMM_LOOP_BATCH, 2, False)
 
 
-@pytest.mark.parametrize(("by_batch", "chosen"), [
-    (0.006 * SPLIT_MARGIN * 0.98, BY_BATCH),  # slower by less than the split margin: the batch split
-    (0.006 * SPLIT_MARGIN * 1.02, TWO),  # slower by more: the column split
-    (0.005, BY_BATCH),  # faster
+@pytest.mark.parametrize(("whole", "loops", "chosen"), [
+    ({TWO: 0.0060, BY_BATCH: 0.0061}, {TWO: 0.0030, BY_BATCH: 0.0020}, BY_BATCH),  # the loops decide ...
+    ({TWO: 0.0061, BY_BATCH: 0.0060}, {TWO: 0.0020, BY_BATCH: 0.0030}, TWO),  # ... either way
+    ({TWO: 0.0060, BY_BATCH: 0.0090}, {TWO: 0.0030, BY_BATCH: 0.0020}, BY_BATCH),
 ])
-def test_the_batch_split_is_kept_unless_the_column_split_beats_it_by_a_margin(by_batch, chosen):
+def test_the_own_kernels_two_splits_are_decided_by_the_loop_alone(whole, loops, chosen):
+    """Where the fastest whole call is one of the own kernel's splits, the two are timed again, the time loop
+    alone, and the faster loop is chosen (on the whole call they differ by about the noise)."""
     clock = FakeClock()
-    run_for, _ = _runs(clock, {ONE: 0.020, TWO: 0.006, BY_BATCH: by_batch})
-    assert fused_tuning.tune(PROBLEM, [ONE, TWO, BY_BATCH], run_for, timer=clock).plan == chosen
+    run_for, calls = _runs(clock, {ONE: 0.020, OTHER: 0.030, **whole})
+    loop_for, loop_calls = _runs(clock, loops)
+    tuned = fused_tuning.tune(PROBLEM, [ONE, OTHER, TWO, BY_BATCH], run_for, timer=clock, loop_for=loop_for)
+    assert tuned.plan == chosen
+    assert tuned.seconds[f"{chosen.label()} (loop alone)"] == pytest.approx(loops[chosen])
+    assert all(n == 1 + fused_tuning.SPLIT_ROUNDS for n in loop_calls.values())
+    # Neither split the fastest: no loop measured.
+    run_for, _ = _runs(clock, {ONE: 0.020, OTHER: 0.001, **whole})
+    loop_for, loop_calls = _runs(clock, loops)
+    fused_tuning._memory.clear()
+    tuned = fused_tuning.tune(PROBLEM.replace(batch=3), [ONE, OTHER, TWO, BY_BATCH], run_for, timer=clock,
+                              loop_for=loop_for)
+    assert tuned.plan == OTHER and sum(loop_calls.values()) == 0
 
 
 def test_a_tiny_call_is_repeated_until_a_measurement_lasts():
