@@ -45,7 +45,7 @@ void mkldnn_matmul(const at::Tensor& mat1, const at::Tensor& mat2, const at::Ten
 
 namespace {
 
-// kLoopBatch: the own kernel with the batch split between threads for the whole loop (see forward_loop_batch).
+// kLoopBatch: the own kernel with the batch split between threads for the whole loop (over_batch).
 enum GemmMode : int64_t { kAten = 0, kPacked = 1, kLoop = 2, kMkl = 3, kLoopBatch = 4 };
 bool own_kernel(int64_t gemm) { return gemm == kLoop || gemm == kLoopBatch; }
 // CBLAS constants (mkl_cblas.h).
@@ -363,6 +363,20 @@ void forward_loop_cpu(at::Tensor& gates, at::Tensor& h, at::Tensor& c, at::Tenso
   T* cp = c.mutable_data_ptr<T>();
   T* tc = tanh_c.mutable_data_ptr<T>();
   T* scratch = pre.mutable_data_ptr<T>();
+  if (gemm == kLoopBatch) {
+    const T* w = packed->const_data_ptr<T>();
+    over_batch(B, [=](int64_t b0, int64_t b1) {
+      for (int64_t t = 0; t < steps; ++t) {
+        packed_gemm_blocks<T>(g + t * G + b0 * 4 * H, hp + t * S + b0 * H, w, scratch + b0 * 4 * H, b1 - b0, H, 4 * H,
+                              0, column_blocks<T>(4 * H));
+        for (int64_t b = b0; b < b1; ++b) {
+          forward_row<T, false>(scratch + b * 4 * H, g + t * G + b * 4 * H, cp + t * S + b * H,
+                                cp + (t + 1) * S + b * H, tc + t * S + b * H, hp + (t + 1) * S + b * H, H);
+        }
+      }
+    });
+    return;
+  }
   for (int64_t t = 0; t < steps; ++t) {
     const T* p = scratch;
     at::Tensor packed_out;  // keeps the prepacked GEMM's result alive for the pointwise pass
@@ -383,30 +397,6 @@ void forward_loop_cpu(at::Tensor& gates, at::Tensor& h, at::Tensor& c, at::Tenso
     }
     forward_cell<T>(p, g + t * G, cp + t * S, cp + (t + 1) * S, tc + t * S, hp + (t + 1) * S, B, H);
   }
-}
-
-template <typename T>
-void forward_loop_batch(at::Tensor& gates, at::Tensor& h, at::Tensor& c, at::Tensor& tanh_c, const at::Tensor& packed,
-                        at::Tensor& pre) {
-  const int64_t steps = gates.size(0), B = gates.size(1), H = h.size(2), G = B * 4 * H, S = B * H;
-  T* g = gates.mutable_data_ptr<T>();
-  T* hp = h.mutable_data_ptr<T>();
-  T* cp = c.mutable_data_ptr<T>();
-  T* tc = tanh_c.mutable_data_ptr<T>();
-  T* scratch = pre.mutable_data_ptr<T>();
-  const T* w = packed.const_data_ptr<T>();
-  over_batch(B, [=](int64_t b0, int64_t b1) {
-    const int64_t rows = b1 - b0;
-    for (int64_t t = 0; t < steps; ++t) {
-      T* step = g + t * G + b0 * 4 * H;
-      packed_gemm_blocks<T>(step, hp + t * S + b0 * H, w, scratch + b0 * 4 * H, rows, H, 4 * H, 0,
-                            column_blocks<T>(4 * H));
-      for (int64_t b = b0; b < b1; ++b) {
-        forward_row<T, false>(scratch + b * 4 * H, g + t * G + b * 4 * H, cp + t * S + b * H, cp + (t + 1) * S + b * H,
-                              tc + t * S + b * H, hp + (t + 1) * S + b * H, H);
-      }
-    }
-  });
 }
 
 // Any device, any dtype: ATen's addmm and the same pointwise operations the Python loop calls.
@@ -456,11 +446,7 @@ void forward_steps(at::Tensor gates, at::Tensor h, at::Tensor c, at::Tensor tanh
   TORCH_CHECK(!own_kernel(gemm) || fused_pointwise, "forward_steps: the loop GEMM is for CPU float32/float64");
   TORCH_CHECK(!own_kernel(gemm) || (packed.has_value() && own_packed_fits(*packed, gates, H, 4 * H)),
               "forward_steps: the loop's own product needs W_h^T [H, 4H] packed by own_pack");
-  if (gemm == kLoopBatch) {
-    AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "forward_loop_batch", [&] {
-      forward_loop_batch<scalar_t>(gates, h, c, tanh_c, *packed, pre);
-    });
-  } else if (fused_pointwise && gemm != kAten) {
+  if (fused_pointwise && gemm != kAten) {
     AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "forward_loop_cpu", [&] {
       forward_loop_cpu<scalar_t>(gates, h, c, tanh_c, packed, pre, gemm);
     });
@@ -521,6 +507,23 @@ void backward_loop_cpu(const at::Tensor& gates, const at::Tensor& c, const at::T
   const T* dout = d_out.const_data_ptr<T>();
   T* da = d_gates.mutable_data_ptr<T>();
   T* dcp = dc.mutable_data_ptr<T>();
+  if (gemm == kLoopBatch) {
+    // Each thread takes its rows (over_batch) through every step in reverse: the cell, then the product
+    // dh_{t-1} = dA_t W_hh (+ dy_{t-1}) of its rows, in place in dh (the cell is done with those rows).
+    T* dhp = dh.mutable_data_ptr<T>();
+    const T* w = packed->const_data_ptr<T>();
+    over_batch(B, [=](int64_t b0, int64_t b1) {
+      for (int64_t t = steps - 1; t >= 0; --t) {
+        for (int64_t b = b0; b < b1; ++b) {
+          backward_row<T>(g + t * G + b * 4 * H, cp + t * S + b * H, tc + t * S + b * H, dhp + b * H, dcp + b * H,
+                          da + t * G + b * 4 * H, H, clip, theta);
+        }
+        packed_gemm_blocks<T>(t > 0 ? dout + (t - 1) * S + b0 * H : nullptr, da + t * G + b0 * 4 * H, w,
+                              dhp + b0 * H, b1 - b0, 4 * H, H, 0, column_blocks<T>(H));
+      }
+    });
+    return;
+  }
   at::Tensor zeros = gemm == kPacked ? at::zeros_like(dh) : at::Tensor();
   for (int64_t t = steps - 1; t >= 0; --t) {
     backward_cell<T>(g + t * G, cp + t * S, tc + t * S, dh.const_data_ptr<T>(), dcp, da + t * G, B, H, clip, theta);
@@ -541,33 +544,6 @@ void backward_loop_cpu(const at::Tensor& gates, const at::Tensor& c, const at::T
                           dh.mutable_data_ptr<T>(), B, 4 * H, H, at::get_num_threads());
     }
   }
-}
-
-// kLoopBatch (over_batch): each thread takes its rows through every step in reverse, the cell and then the
-// product dh_{t-1} = dA_t W_hh (+ dy_{t-1}) of its rows, in place in dh (the cell is done with those rows).
-template <typename T>
-void backward_loop_batch(const at::Tensor& gates, const at::Tensor& c, const at::Tensor& tanh_c, at::Tensor& d_gates,
-                         at::Tensor& dh, at::Tensor& dc, const at::Tensor& d_out, const at::Tensor& packed, bool clip,
-                         T theta) {
-  const int64_t steps = gates.size(0), B = gates.size(1), H = c.size(2), G = B * 4 * H, S = B * H;
-  const T* g = gates.const_data_ptr<T>();
-  const T* cp = c.const_data_ptr<T>();
-  const T* tc = tanh_c.const_data_ptr<T>();
-  const T* dout = d_out.const_data_ptr<T>();
-  const T* w = packed.const_data_ptr<T>();
-  T* da = d_gates.mutable_data_ptr<T>();
-  T* dhp = dh.mutable_data_ptr<T>();
-  T* dcp = dc.mutable_data_ptr<T>();
-  over_batch(B, [=](int64_t b0, int64_t b1) {
-    for (int64_t t = steps - 1; t >= 0; --t) {
-      for (int64_t b = b0; b < b1; ++b) {
-        backward_row<T>(g + t * G + b * 4 * H, cp + t * S + b * H, tc + t * S + b * H, dhp + b * H, dcp + b * H,
-                        da + t * G + b * 4 * H, H, clip, theta);
-      }
-      packed_gemm_blocks<T>(t > 0 ? dout + (t - 1) * S + b0 * H : nullptr, da + t * G + b0 * 4 * H, w, dhp + b0 * H,
-                            b1 - b0, 4 * H, H, 0, column_blocks<T>(H));
-    }
-  });
 }
 
 void backward_loop_aten(const at::Tensor& gates, const at::Tensor& c, const at::Tensor& tanh_c, at::Tensor& d_gates,
@@ -640,12 +616,7 @@ std::tuple<at::Tensor, at::Tensor> backward_steps(at::Tensor gates, at::Tensor c
   TORCH_CHECK(!own_kernel(gemm) || fused_pointwise, "backward_steps: the loop GEMM is for CPU float32/float64");
   TORCH_CHECK(!own_kernel(gemm) || (packed.has_value() && own_packed_fits(*packed, gates, 4 * H, H)),
               "backward_steps: the loop's own product needs W_hh [4H, H] packed by own_pack");
-  if (gemm == kLoopBatch) {
-    AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "backward_loop_batch", [&] {
-      backward_loop_batch<scalar_t>(gates, c, tanh_c, d_gates, dh, dc, d_out, *packed, gate_clip.has_value(),
-                                    static_cast<scalar_t>(gate_clip.value_or(0.0)));
-    });
-  } else if (fused_pointwise && gemm != kAten) {
+  if (fused_pointwise && gemm != kAten) {
     AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "backward_loop_cpu", [&] {
       backward_loop_cpu<scalar_t>(gates, c, tanh_c, d_gates, dh, dc, d_out, packed, gate_clip.has_value(),
                                   static_cast<scalar_t>(gate_clip.value_or(0.0)), gemm);
