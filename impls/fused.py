@@ -328,10 +328,10 @@ class FusedLSTM(Impl):
             return run
 
         one_layer = problem.replace(layers=1, length=min(problem.length, fused_tuning.SPLIT_STEPS))
-        loop_inputs = make_inputs(one_layer, seed=0)
 
         def loop_for(plan: Plan):
             """The first layer's time loop alone, forward and backward, on buffers a forward filled."""
+            loop_inputs = make_inputs(one_layer, seed=0)
             impl = FusedLSTM(one_layer, weights[:1], plan=plan)
             impl.forward(loop_inputs.x, loop_inputs.h0, loop_inputs.c0)
             layer, H = impl.layers[0], problem.hidden

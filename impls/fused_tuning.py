@@ -21,8 +21,9 @@ machine is: on the 2-vCPU VM, whose host moves the two vCPUs now near each other
 line's round trip 110 vs 400 ns), the loop at batch 20 x hidden 512 took 22.4 / 26.9 ms a layer forward
 split by columns and 21.4 / 23.9 split by batch; at batch 4 the column split won (4.6 vs 5.9 ms). On 10
 tuning steps of the whole call the two differ by ~1 % (the big GEMMs dominate it) and the choice flipped
-between runs; so where the fastest plan is one of the two, they are measured again, the loop alone (one
-layer's forward and backward steps, SPLIT_STEPS of them, SPLIT_ROUNDS rounds in turns), and the faster kept.
+between runs; so where the chosen plan is one of the two (on more than one thread), both are measured
+again, the loop alone (one layer's forward and backward steps, at most SPLIT_STEPS of them, SPLIT_ROUNDS
+rounds in turns), and the faster kept, provided it passed the rule for more threads on the whole call.
 
 Candidates run in turns, each round every candidate once, so a change of load hits all alike; a
 candidate's time is its fastest round (a round repeats a tiny call until it lasts MIN_MEASURE_SECONDS).
@@ -144,7 +145,7 @@ def tune(problem, candidates: list[Plan], run_for: Callable[[Plan], Callable[[],
     plan = choose(best)
     seconds = {p.label(): s for p, s in best.items()}
     other = Plan(SPLITS[plan.step], plan.threads, plan.big_packed) if plan.step in SPLITS else None
-    if loop_for is not None and other in candidates:
+    if loop_for is not None and other in candidates and _beats_one_thread(other, best):
         loops = _fastest_rounds([plan, other], loop_for, timer, SPLIT_ROUNDS)
         seconds.update({f"{p.label()} (loop alone)": s for p, s in loops.items()})
         plan = min(loops, key=loops.get)
@@ -176,12 +177,15 @@ def _fastest_rounds(plans: list[Plan], run_for: Callable[[Plan], Callable[[], No
 
 def choose(seconds: dict[Plan, float]) -> Plan:
     fastest = min(seconds, key=seconds.get)
-    single = [p for p in seconds if p.threads == 1]
-    if fastest.threads != 1 and single:
-        fastest_single = min(single, key=seconds.get)
-        if seconds[fastest] * MARGIN > seconds[fastest_single]:
-            return fastest_single
+    if not _beats_one_thread(fastest, seconds):
+        return min((p for p in seconds if p.threads == 1), key=seconds.get)
     return fastest
+
+
+def _beats_one_thread(plan: Plan, seconds: dict[Plan, float]) -> bool:
+    """A plan on one thread, or one on more that beats every one-thread plan by MARGIN (or has none to beat)."""
+    single = [seconds[p] for p in seconds if p.threads == 1]
+    return plan.threads == 1 or not single or seconds[plan] * MARGIN <= min(single)
 
 
 def _read_cache() -> dict:

@@ -98,6 +98,8 @@ BY_BATCH = Plan(GEMM_LOOP_BATCH, 2, False)
     ({TWO: 0.0060, BY_BATCH: 0.0061}, {TWO: 0.0030, BY_BATCH: 0.0020}, BY_BATCH),  # the loops decide ...
     ({TWO: 0.0061, BY_BATCH: 0.0060}, {TWO: 0.0020, BY_BATCH: 0.0030}, TWO),  # ... either way
     ({TWO: 0.0060, BY_BATCH: 0.0090}, {TWO: 0.0030, BY_BATCH: 0.0020}, BY_BATCH),
+    # The other split does not beat one thread (0.020) by the margin on the whole call: not taken, whatever its loop.
+    ({TWO: 0.0060, BY_BATCH: 0.020 / MARGIN * 1.01}, {TWO: 0.0030, BY_BATCH: 0.0020}, TWO),
 ])
 def test_the_own_kernels_two_splits_are_decided_by_the_loop_alone(whole, loops, chosen):
     """Where the fastest whole call is one of the own kernel's splits, the two are timed again, the time loop
@@ -107,8 +109,11 @@ def test_the_own_kernels_two_splits_are_decided_by_the_loop_alone(whole, loops, 
     loop_for, loop_calls = _runs(clock, loops)
     tuned = fused_tuning.tune(PROBLEM, [ONE, OTHER, TWO, BY_BATCH], run_for, timer=clock, loop_for=loop_for)
     assert tuned.plan == chosen
-    assert tuned.seconds[f"{chosen.label()} (loop alone)"] == pytest.approx(loops[chosen])
-    assert all(n == 1 + fused_tuning.SPLIT_ROUNDS for n in loop_calls.values())
+    if whole[BY_BATCH] * MARGIN <= 0.020:
+        assert tuned.seconds[f"{chosen.label()} (loop alone)"] == pytest.approx(loops[chosen])
+        assert all(n == 1 + fused_tuning.SPLIT_ROUNDS for n in loop_calls.values())
+    else:
+        assert sum(loop_calls.values()) == 0
     # Neither split the fastest: no loop measured.
     run_for, _ = _runs(clock, {ONE: 0.020, OTHER: 0.001, **whole})
     loop_for, loop_calls = _runs(clock, loops)
@@ -210,3 +215,25 @@ def test_the_loops_own_kernel_is_a_matrix_product(dtype, rows, k, n):
         ops.own_pack(w.t(), None)  # not contiguous
     with pytest.raises(RuntimeError, match="own_product"):
         ops.own_product(x, packed, n + 64, None, 1)  # the packing of another width
+
+
+def test_construction_times_the_two_splits_on_the_loop_alone(monkeypatch):
+    """The real loop_for: where the whole-call choice is the column split on two threads (forced: at this size one
+    thread wins), construction times both splits on one layer's loop and records both; it keeps a candidate."""
+    from harness.contract.inputs import make_inputs
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        problem = Problem(batch=6, length=30, input_size=8, hidden=32, layers=2)
+        candidates = FusedLSTM.candidates(problem, native=True)
+        columns = Plan(GEMM_LOOP, 2, candidates[0].big_packed)
+        monkeypatch.setattr(fused_tuning, "choose", lambda seconds: columns)
+        monkeypatch.setattr(fused_tuning, "_beats_one_thread", lambda plan, seconds: True)  # tiny: threads lose
+        impl = FusedLSTM(problem, make_inputs(problem).weights)
+        tuned = fused_tuning.lookup(problem, candidates)
+    finally:
+        torch.set_num_threads(before)
+    loops = {label for label in tuned.seconds if label.endswith("(loop alone)")}
+    assert loops == {f"{p.label()} (loop alone)" for p in (columns, Plan(GEMM_LOOP_BATCH, 2, columns.big_packed))}
+    assert impl.plan in candidates and impl.plan.step in (GEMM_LOOP, GEMM_LOOP_BATCH)

@@ -259,7 +259,7 @@ def test_both_ways_of_the_weight_gradient_agree_with_the_reference(monkeypatch, 
     assert agreement.passed, agreement.summary() + "\n" + agreement.table()
 
 
-# Batch splits over two threads: ragged (3 + 2), one tile a thread (10 + 10), one row (no split), float64 (2 + 1).
+# Batch splits over two threads: ragged (3 + 2), 10 rows a thread, one row (no split), float64 (2 + 1).
 BATCH_SPLITS = [Problem(batch=5, length=4, input_size=8, hidden=96, layers=2),
                 Problem(batch=20, length=3, input_size=16, hidden=64, layers=1),
                 Problem(batch=1, length=5, input_size=3, hidden=40, layers=1),

@@ -297,7 +297,8 @@ void packed_gemm_rows(const T* __restrict addend, const T* __restrict x, const T
 // in an LSTM, so each thread can take its rows through every step with no barrier between steps and no value
 // crossing cores (but a cache line at the boundary of two threads' rows, where a row's width is not a multiple of
 // 64 bytes) (kLoopBatch). Split by columns per step (kLoop), a step waits on both threads twice (once where the
-// pointwise pass is not threaded, below kParallelCells) and moves most of its values between the cores' caches: on the 2-vCPU VM, whose two vCPUs the host places now near each other and now far apart (a cache
+// pointwise pass is not threaded, below kParallelCells) and moves most of its values between the cores' caches:
+// on the 2-vCPU VM, whose two vCPUs the host places now near each other and now far apart (a cache
 // line's round trip 110 vs 400 ns), the forward at batch 20 x hidden 512 took 21.4 / 23.9 ms a layer (near /
 // far) this way against 22.4 / 26.9 split by columns. Each thread then reads the whole weight every step, so
 // with few rows a thread the columns split wins (batch 4: 5.9 vs 4.6 ms): fused_tuning measures both.
