@@ -42,9 +42,9 @@ PACKED_MIN_HIDDEN = 256
 # Below this many multiply-adds a step (B * 4H * H), the C++ loop does the recurrent product itself:
 # a library call's fixed cost (a few us) is more than the arithmetic (batch 1, hidden 15: 900).
 LOOP_GEMM_MAX_MACS = 1 << 18
-# GEMM modes of the C++ loop (impls/fused_tuning.py). GEMM_LOOP_BATCH: the loop's own kernel with the batch
-# split between threads for the whole loop (no barrier per step), where GEMM_LOOP splits each step's product by
-# columns.
+# The GEMM modes (GEMM_*, defined in impls/fused_tuning.py) that run the C++ loop's own kernel, which reads the
+# weights packed by own_pack: GEMM_LOOP splits each step's product by columns, GEMM_LOOP_BATCH the batch for the
+# whole loop (no barrier per step).
 OWN_KERNEL = (GEMM_LOOP, GEMM_LOOP_BATCH)
 
 

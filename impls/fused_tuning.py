@@ -67,7 +67,7 @@ SPLITS = {GEMM_LOOP: GEMM_LOOP_BATCH, GEMM_LOOP_BATCH: GEMM_LOOP}  # the own ker
 class Plan:
     """How one `fused` instance runs."""
 
-    step: int  # the per-step product (impls.fused GEMM_*)
+    step: int  # the per-step product (GEMM_* below)
     threads: int  # threads of the whole call; 0: as many as the process has
     big_packed: bool  # the big GEMMs on oneDNN: input projection and dx prepacked, dW by its matmul where it works
 
